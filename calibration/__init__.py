@@ -1,0 +1,1 @@
+"""Calibration: observers, range methods, layer-wise calibration, statistics correction."""

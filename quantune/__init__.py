@@ -1,0 +1,52 @@
+"""quantune: post-training quantization auto-tuner for PyTorch.
+
+Importing ``quantune`` is cheap: heavy dependencies (xgboost, optuna, pulp) load only
+when the search or the allocator is used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# Public name -> module that defines it (imported on first use).
+_LAZY = {
+    "ActQuant": "quantune.config",
+    "CalibrationProcedure": "quantune.config",
+    "LayerQuantConfig": "quantune.config",
+    "QuantConfig": "quantune.config",
+    "WeightQuant": "quantune.config",
+    "QuantuneError": "quantune.errors",
+    "UserInputError": "quantune.errors",
+    "PreparedModel": "quantune.prepare",
+    "prepare": "quantune.prepare",
+    "quantize": "quantune.prepare",
+    "QuantizedModel": "quantune.quantized_model",
+    "save": "quantune.artifact",
+    "load": "quantune.artifact",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+if TYPE_CHECKING:
+    from quantune.artifact import load, save
+    from quantune.config import ActQuant, CalibrationProcedure, LayerQuantConfig, QuantConfig, WeightQuant
+    from quantune.errors import QuantuneError, UserInputError
+    from quantune.prepare import PreparedModel, prepare, quantize
+    from quantune.quantized_model import QuantizedModel
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'quantune' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,270 @@
+"""Quantization configuration values.
+
+A :class:`LayerQuantConfig` says how one layer is quantized (weights and input
+activations); ``None`` in its place keeps the layer float. A :class:`QuantConfig`
+holds the defaults plus per-layer overrides by module name or ``re:`` pattern, and the
+calibration procedure. Configs are frozen, hashable and round-trip through JSON with a
+format version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quantune.errors import ConfigVersionError, UserInputError
+
+CONFIG_VERSION = 1
+
+RANGE_METHODS = ("minmax", "percentile", "entropy", "mse", "aciq")
+GRANULARITIES = ("per_tensor", "per_channel")
+
+
+def _check_bits(bits: int, what: str) -> None:
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
+        raise UserInputError(f"{what} bits must be an integer from 2 to 8, got {bits!r}.")
+
+
+def _check_range_method(method: str, percentile: float | None, what: str) -> None:
+    if method not in RANGE_METHODS:
+        raise UserInputError(
+            f"Unknown {what} range method {method!r}; choose one of {', '.join(RANGE_METHODS)}."
+        )
+    if method == "percentile":
+        if percentile is None or not 50.0 < float(percentile) <= 100.0:
+            raise UserInputError(
+                f"The percentile {what} range method needs percentile in (50, 100], "
+                f"got {percentile!r} (presets: 99.9, 99.99, 99.999)."
+            )
+
+
+@dataclass(frozen=True)
+class WeightQuant:
+    """Weight quantization of one layer.
+
+    Attributes:
+        bits: 2-8; values are stored as signed integers of this width.
+        symmetric: zero point fixed at 0 (required by the fast integer kernels).
+        granularity: ``per_channel`` (one scale per output channel) or ``per_tensor``.
+        method: range method over the weight values (see ``RANGE_METHODS``).
+        percentile: for ``method="percentile"``, the two-sided percentile kept.
+    """
+
+    bits: int = 8
+    symmetric: bool = True
+    granularity: str = "per_channel"
+    method: str = "minmax"
+    percentile: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_bits(self.bits, "Weight")
+        if self.granularity not in GRANULARITIES:
+            raise UserInputError(
+                f"Weight granularity must be one of {GRANULARITIES}, got {self.granularity!r}."
+            )
+        _check_range_method(self.method, self.percentile, "weight")
+
+
+@dataclass(frozen=True)
+class ActQuant:
+    """Quantization of a layer's input activations (per tensor, static scale).
+
+    Attributes:
+        bits: 2-8.
+        symmetric: signed grid around 0; otherwise an unsigned grid with a zero point.
+        method: calibration (range) method over the collected statistics.
+        percentile: for ``method="percentile"``.
+        clip_ratio: extra multiplicative clipping applied to the calibrated range (<= 1).
+    """
+
+    bits: int = 8
+    symmetric: bool = False
+    method: str = "minmax"
+    percentile: float | None = None
+    clip_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_bits(self.bits, "Activation")
+        _check_range_method(self.method, self.percentile, "activation")
+        if not 0.0 < float(self.clip_ratio) <= 1.0:
+            raise UserInputError(f"clip_ratio must be in (0, 1], got {self.clip_ratio!r}.")
+
+
+@dataclass(frozen=True)
+class LayerQuantConfig:
+    """How one layer is quantized; ``activation=None`` means weight-only quantization."""
+
+    weight: WeightQuant = field(default_factory=WeightQuant)
+    activation: ActQuant | None = field(default_factory=ActQuant)
+
+    @property
+    def short_name(self) -> str:
+        """A compact label such as ``W8A8`` or ``W4A16``."""
+        a = self.activation.bits if self.activation is not None else 16
+        return f"W{self.weight.bits}A{a}"
+
+
+@dataclass(frozen=True)
+class CalibrationProcedure:
+    """Steps run after statistics collection (each a search dimension).
+
+    Attributes:
+        max_samples: cap on calibration samples (a seeded subset is taken), None = all.
+        bias_correction: correct the expected per-channel output shift of quantized weights.
+        adaquant: layer-wise calibration (AdaQuant) of weights, bias and step sizes.
+        adaquant_iters: optimizer steps per layer for AdaQuant.
+        bn_reestimate: re-estimate BatchNorm statistics on the quantized model.
+        seed: seed of every random choice in calibration.
+    """
+
+    max_samples: int | None = None
+    bias_correction: bool = False
+    adaquant: bool = False
+    adaquant_iters: int = 200
+    bn_reestimate: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_samples is not None and self.max_samples < 1:
+            raise UserInputError(f"max_samples must be >= 1 or None, got {self.max_samples}.")
+        if self.adaquant_iters < 0:
+            raise UserInputError("adaquant_iters must be >= 0.")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """A model's quantization: defaults plus ordered per-layer overrides.
+
+    ``overrides`` is a tuple of ``(pattern, LayerQuantConfig | None)``. A pattern is an
+    exact module name, or ``"re:<regex>"`` matched with ``re.fullmatch``. An exact name
+    match wins over patterns; among patterns the last one listed wins. ``None`` keeps
+    the layer float.
+    """
+
+    default: LayerQuantConfig | None = field(default_factory=LayerQuantConfig)
+    overrides: tuple[tuple[str, LayerQuantConfig | None], ...] = ()
+    procedure: CalibrationProcedure = field(default_factory=CalibrationProcedure)
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        for pattern, _ in self.overrides:
+            if pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except re.error as exc:
+                    raise UserInputError(f"Bad override pattern {pattern!r}: {exc}.") from exc
+
+    def for_layer(self, name: str) -> LayerQuantConfig | None:
+        """The configuration that applies to the module called ``name``."""
+        for pattern, cfg in self.overrides:
+            if pattern == name:
+                return cfg
+        chosen: LayerQuantConfig | None = self.default
+        for pattern, cfg in self.overrides:
+            if pattern.startswith("re:") and re.fullmatch(pattern[3:], name):
+                chosen = cfg
+        return chosen
+
+    def with_overrides(self, extra: dict[str, LayerQuantConfig | None]) -> QuantConfig:
+        """A copy with ``extra`` appended to the overrides (later entries win)."""
+        return dataclasses.replace(self, overrides=self.overrides + tuple(extra.items()))
+
+    # ---- JSON -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "default": _layer_to_dict(self.default),
+            "overrides": [[p, _layer_to_dict(c)] for p, c in self.overrides],
+            "procedure": dataclasses.asdict(self.procedure),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
+        if not isinstance(data, dict):
+            raise UserInputError("A quantune config must be a JSON object.")
+        version = data.get("version")
+        if not isinstance(version, int):
+            raise UserInputError("The config has no integer 'version' field; is it a quantune config?")
+        if version > CONFIG_VERSION:
+            raise ConfigVersionError(
+                f"The config has version {version}, this quantune reads up to "
+                f"{CONFIG_VERSION}: upgrade quantune (pip install -U quantune)."
+            )
+        _reject_unknown(data, {"version", "default", "overrides", "procedure"}, "config")
+        overrides = data.get("overrides", [])
+        if not isinstance(overrides, list) or not all(
+            isinstance(o, list | tuple) and len(o) == 2 and isinstance(o[0], str) for o in overrides
+        ):
+            raise UserInputError("config 'overrides' must be a list of [pattern, layer-config] pairs.")
+        return cls(
+            default=_layer_from_dict(data.get("default")),
+            overrides=tuple((p, _layer_from_dict(c)) for p, c in overrides),
+            procedure=_build(CalibrationProcedure, data.get("procedure", {}), "procedure"),
+            version=CONFIG_VERSION,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> QuantConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserInputError(f"The config is not valid JSON: {exc}.") from exc
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> QuantConfig:
+        p = Path(path)
+        if not p.is_file():
+            raise UserInputError(f"Config file {p} does not exist.")
+        return cls.from_json(p.read_text())
+
+
+def _reject_unknown(data: dict[str, Any], known: set[str], what: str) -> None:
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigVersionError(
+            f"Unknown field(s) {sorted(unknown)} in {what}: the file was written by another "
+            f"quantune version or edited by hand; known fields are {sorted(known)}."
+        )
+
+
+def _build(cls: type, data: Any, what: str) -> Any:
+    if not isinstance(data, dict):
+        raise UserInputError(f"config {what} must be a JSON object, got {type(data).__name__}.")
+    _reject_unknown(data, {f.name for f in dataclasses.fields(cls)}, what)
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise UserInputError(f"Bad config {what}: {exc}.") from exc
+
+
+def _layer_to_dict(cfg: LayerQuantConfig | None) -> dict[str, Any] | None:
+    if cfg is None:
+        return None
+    return {
+        "weight": dataclasses.asdict(cfg.weight),
+        "activation": None if cfg.activation is None else dataclasses.asdict(cfg.activation),
+    }
+
+
+def _layer_from_dict(data: Any) -> LayerQuantConfig | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise UserInputError("A layer config must be a JSON object or null (keep float).")
+    _reject_unknown(data, {"weight", "activation"}, "layer config")
+    act = data.get("activation")
+    return LayerQuantConfig(
+        weight=_build(WeightQuant, data.get("weight", {}), "weight"),
+        activation=None if act is None else _build(ActQuant, act, "activation"),
+    )

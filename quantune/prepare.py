@@ -1,0 +1,162 @@
+"""Prepare a float model once (fold BN, describe layers, collect statistics); quantize it many times."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from quantune.batches import iter_batches, run_checked
+from quantune.bn_folding import find_bn_pairs, fold_batchnorm, set_submodule
+from quantune.capture import LayerInfo, describe_layers, find_quantizable, find_unsupported
+from quantune.config import QuantConfig
+from quantune.errors import UserInputError
+from quantune.modules import QuantizedLayer
+from quantune.quantized_model import QuantizedModel
+from quantune.quantizer import qparams_from_range
+
+
+def module_size_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def _reiterable(data: Iterable[Any]) -> Iterable[Any]:
+    """Data that can be iterated several times (one-shot iterators are materialized)."""
+    if torch.is_tensor(data):
+        return data  # rejected with a clear message by iter_batches
+    try:
+        if iter(data) is data:  # a generator or iterator: one pass only
+            return list(data)
+    except TypeError:
+        pass
+    return data
+
+
+class PreparedModel:
+    """A float model made ready for quantization.
+
+    Building it folds BatchNorm into the preceding layers, describes every quantizable
+    layer on a real batch, and streams the calibration data once to collect activation
+    statistics. :meth:`quantize` then builds quantized models for any number of
+    configurations without touching the data again (unless a configuration asks for
+    data-driven steps such as AdaQuant).
+    """
+
+    def __init__(self, model: nn.Module, calib_data: Iterable[Any], *, show_progress: bool = False) -> None:
+        if not isinstance(model, nn.Module):
+            raise UserInputError(
+                f"quantune needs a torch.nn.Module, got {type(model).__name__}; load your "
+                "model first (for a TorchScript file use torch.jit.load, which is not supported)."
+            )
+        self.calib_data = _reiterable(calib_data)
+        self.show_progress = show_progress
+        self.float_model = copy.deepcopy(model).eval()
+        self.float_size_bytes = module_size_bytes(self.float_model)
+        names = find_quantizable(self.float_model)
+        if not names:
+            raise UserInputError(
+                "The model has no quantizable layer (nn.Linear, nn.Conv1d or nn.Conv2d); "
+                "quantune cannot make it smaller."
+            )
+        self.unsupported = find_unsupported(self.float_model)
+        if self.unsupported:
+            warnings.warn(
+                "Kept float (not quantizable by quantune): "
+                + ", ".join(f"{n} ({t})" for n, t in self.unsupported),
+                stacklevel=2,
+            )
+        first = next(iter(iter_batches(self.calib_data)))
+        run_checked(self.float_model, first, 0)
+        self.bn_pairs = find_bn_pairs(self.float_model, lambda: run_checked(self.float_model, first, 0))
+        fold_batchnorm(self.float_model, self.bn_pairs)
+        self.layers: list[LayerInfo] = describe_layers(
+            self.float_model, names, lambda: run_checked(self.float_model, first, 0)
+        )
+        self._stats_cache: dict[int | None, tuple[dict[str, Any], int]] = {}
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [info.name for info in self.layers]
+
+    def stats(self, max_samples: int | None = None) -> dict[str, Any]:
+        """Input histograms of every quantizable layer (collected once per sample cap)."""
+        if max_samples not in self._stats_cache:
+            from quantune.calibration.collect import collect_input_stats
+
+            self._stats_cache[max_samples] = collect_input_stats(
+                self.float_model,
+                self.layer_names,
+                self.calib_data,
+                max_samples=max_samples,
+                show_progress=self.show_progress,
+                total_batches=len(self.calib_data) if hasattr(self.calib_data, "__len__") else None,
+            )
+        return self._stats_cache[max_samples][0]
+
+    def n_samples(self, max_samples: int | None = None) -> int:
+        self.stats(max_samples)
+        return self._stats_cache[max_samples][1]
+
+    def quantize(self, config: QuantConfig, mode: str = "integer") -> QuantizedModel:
+        """Build a quantized copy of the model under ``config``."""
+        from quantune.calibration.procedures import run_procedure
+        from quantune.calibration.ranges import activation_range, weight_range
+
+        stats = self.stats(config.procedure.max_samples)
+        model = copy.deepcopy(self.float_model)
+        for info in self.layers:
+            layer_cfg = config.for_layer(info.name)
+            if layer_cfg is None:
+                continue
+            qlayer = QuantizedLayer(model.get_submodule(info.name), layer_cfg)
+            lo, hi = weight_range(qlayer.weight, layer_cfg.weight)
+            qlo, qhi = qlayer.w_qrange
+            qlayer.set_weight_qparams(*qparams_from_range(lo, hi, qlo, qhi, layer_cfg.weight.symmetric))
+            if layer_cfg.activation is not None:
+                h = stats.get(info.name)
+                if h is None:  # the layer never ran on calibration data
+                    qlayer.config = type(layer_cfg)(layer_cfg.weight, None)
+                else:
+                    alo, ahi = activation_range(h, layer_cfg.activation)
+                    rlo, rhi = qlayer.a_qrange  # type: ignore[misc]
+                    qlayer.set_act_qparams(
+                        *qparams_from_range(torch.tensor(alo), torch.tensor(ahi), rlo, rhi, layer_cfg.activation.symmetric)
+                    )
+            set_submodule(model, info.name, qlayer)
+        qmodel = QuantizedModel(
+            model, config, self.layers, self.bn_pairs, self.unsupported, self.float_size_bytes
+        )
+        run_procedure(qmodel, self, config.procedure)
+        return qmodel.set_mode(mode)
+
+
+def prepare(model: nn.Module, calib_data: Iterable[Any], *, show_progress: bool = False) -> PreparedModel:
+    """Fold BN, describe layers and make statistics available for repeated quantization."""
+    return PreparedModel(model, calib_data, show_progress=show_progress)
+
+
+def quantize(
+    model: nn.Module,
+    config: QuantConfig | None,
+    calib_data: Iterable[Any],
+    *,
+    mode: str = "integer",
+    show_progress: bool = False,
+) -> QuantizedModel:
+    """Quantize ``model`` under ``config`` (default: W8A8, per-channel weights).
+
+    Args:
+        model: any ``nn.Module``; it is copied, never modified.
+        config: the quantization configuration; None means ``QuantConfig()``.
+        calib_data: iterable of batches (tensors, dicts of tensors, or (inputs, labels)).
+        mode: ``integer`` (integer GEMM core), ``simulate`` (fake-quant) or ``float``.
+        show_progress: show progress bars.
+
+    Returns:
+        A :class:`QuantizedModel`, callable like the original model.
+    """
+    return prepare(model, calib_data, show_progress=show_progress).quantize(config or QuantConfig(), mode)
