@@ -1,0 +1,1 @@
+"""Registry of real models and their data (bundled example, EfficientNet-Lite0, MiniLM-L6)."""
