@@ -1,0 +1,99 @@
+"""A thin, deterministic wrapper around PuLP's CBC for one-choice-per-unit programs.
+
+The program is always: binary ``x[u, c]``, exactly one choice per unit, minimize a
+linear objective, subject to rows ``sum(a[u][c] * x[u, c]) <= rhs``. PuLP is imported
+lazily so that ``import quantune`` stays cheap.
+
+Numerics: budget rows have coefficients up to ~1e11 (BOPs of a large model). Each row is
+shifted by its per-unit minimum (a constant, so the feasible set is unchanged) and divided
+by its largest magnitude, so CBC sees coefficients in [0, 1]. Its feasibility tolerance
+can then still admit a solution a hair over an exact integer limit; the caller verifies
+every solution exactly and re-solves with a tightened row (see ``allocation_ilp``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from quantune.search.allocation_types import AllocationSolverError
+
+Table = Sequence[Sequence[float]]
+
+#: Fixed CBC options: single thread and fixed seeds make runs reproducible.
+_CBC_OPTIONS = ["randomSeed 42", "randomCbcSeed 42"]
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    """Outcome of one CBC run.
+
+    Attributes:
+        selection: Chosen index per unit, or ``None`` when CBC proved infeasibility.
+        proven: Whether CBC proved optimality (``False`` after a time limit).
+    """
+
+    selection: list[int] | None
+    proven: bool
+
+
+def _normalized_row(table: Table, rhs: float) -> tuple[list[list[float]], float]:
+    """Shift each unit by its minimum coefficient and scale the row into [0, 1]."""
+    mins = [min(row) for row in table]
+    shifted = [[a - m for a in row] for row, m in zip(table, mins, strict=True)]
+    rhs = rhs - math.fsum(mins)
+    scale = max([abs(rhs), 1e-300] + [max(row) for row in shifted])
+    return [[a / scale for a in row] for row in shifted], rhs / scale
+
+
+def solve_choice_program(
+    objective: Table,
+    rows: Sequence[tuple[Table, float]],
+    *,
+    time_limit_s: float,
+) -> SolveResult:
+    """Minimize ``objective`` with one choice per unit under ``rows``.
+
+    Args:
+        objective: ``objective[u][c]``, the cost of choice ``c`` of unit ``u``. Integer
+            tables are passed unscaled so CBC can use an integral cutoff (exact minima).
+        rows: ``(a, rhs)`` pairs meaning ``sum(a[u][c] * x[u, c]) <= rhs``.
+        time_limit_s: Wall-clock limit for CBC.
+
+    Returns:
+        The selection (or ``None`` if infeasible) and whether optimality was proven.
+
+    Raises:
+        AllocationSolverError: CBC stopped without any feasible solution (time limit)
+            or reported an unexpected status.
+    """
+    import pulp  # lazy: PuLP is only needed when a program is actually solved
+
+    prob = pulp.LpProblem("quantune_bit_allocation", pulp.LpMinimize)
+    x = [[pulp.LpVariable(f"x_{u}_{c}", cat=pulp.LpBinary) for c in range(len(costs))]
+         for u, costs in enumerate(objective)]
+    prob += pulp.LpAffineExpression(
+        [(v, float(a)) for xs, costs in zip(x, objective, strict=True) for v, a in zip(xs, costs, strict=True)])
+    for u, xs in enumerate(x):
+        prob += pulp.LpAffineExpression([(v, 1.0) for v in xs]) == 1, f"one_{u}"
+    for k, (table, rhs) in enumerate(rows):
+        coefs, scaled_rhs = _normalized_row(table, rhs)
+        terms = [(v, a) for xs, cs in zip(x, coefs, strict=True) for v, a in zip(xs, cs, strict=True) if a != 0.0]
+        prob += pulp.LpAffineExpression(terms) <= scaled_rhs, f"budget_{k}"
+
+    solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, math.ceil(time_limit_s)),
+                               gapRel=0, gapAbs=0, threads=1, options=list(_CBC_OPTIONS))
+    prob.solve(solver)
+    if prob.status == pulp.LpStatusInfeasible or prob.sol_status == pulp.LpSolutionInfeasible:
+        return SolveResult(None, True)
+    if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+        raise AllocationSolverError(
+            f"CBC found no solution within {time_limit_s:g} s "
+            f"(status {pulp.LpStatus.get(prob.status, prob.status)}); "
+            "raise solver_time_limit_s or use policy='greedy'")
+    # Binary values come back as floats within CBC's integrality tolerance: take the
+    # largest per unit rather than testing == 1.
+    selection = [max(range(len(xs)), key=lambda c, xs=xs: (xs[c].value() or 0.0, -c))
+                 for xs in x]
+    return SolveResult(selection, prob.sol_status == pulp.LpSolutionOptimal)
