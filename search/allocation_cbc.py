@@ -14,8 +14,10 @@ every solution exactly and re-solves with a tightened row (see ``allocation_ilp`
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 from quantune.search.allocation_types import AllocationSolverError
 
@@ -47,6 +49,23 @@ def _normalized_row(table: Table, rhs: float) -> tuple[list[list[float]], float]
     return [[a / scale for a in row] for row in shifted], rhs / scale
 
 
+def _cbc(pulp: ModuleType, time_limit_s: float) -> object:
+    """CBC from PATH / ``pulp[cbc]`` when present, else the binary bundled with PuLP 2-3
+    (deprecated there, hence the silenced warning; PuLP 4 drops it)."""
+    settings = {"msg": False, "timeLimit": max(1, math.ceil(time_limit_s)), "gapRel": 0,
+                "gapAbs": 0, "threads": 1, "options": list(_CBC_OPTIONS)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        coin = pulp.COIN_CMD(**settings)
+        if coin.available():
+            return coin
+        bundled = pulp.PULP_CBC_CMD(**settings)
+    if not bundled.available():
+        raise AllocationSolverError("no CBC solver found: pip install 'pulp[cbc]' "
+                                    "(or put the cbc binary on PATH), or use policy='greedy'")
+    return bundled
+
+
 def solve_choice_program(
     objective: Table,
     rows: Sequence[tuple[Table, float]],
@@ -71,7 +90,12 @@ def solve_choice_program(
     import pulp  # lazy: PuLP is only needed when a program is actually solved
 
     prob = pulp.LpProblem("quantune_bit_allocation", pulp.LpMinimize)
-    x = [[pulp.LpVariable(f"x_{u}_{c}", cat=pulp.LpBinary) for c in range(len(costs))]
+    # PuLP >= 3.3 attaches variables to the model; older releases construct them freely.
+    add = getattr(prob, "add_variable", None)
+    if add is None:
+        def add(name: str, low: float, up: float, cat: str) -> object:
+            return pulp.LpVariable(name, low, up, cat=cat)
+    x = [[add(f"x_{u}_{c}", 0, 1, cat=pulp.LpBinary) for c in range(len(costs))]
          for u, costs in enumerate(objective)]
     prob += pulp.LpAffineExpression(
         [(v, float(a)) for xs, costs in zip(x, objective, strict=True) for v, a in zip(xs, costs, strict=True)])
@@ -82,9 +106,7 @@ def solve_choice_program(
         terms = [(v, a) for xs, cs in zip(x, coefs, strict=True) for v, a in zip(xs, cs, strict=True) if a != 0.0]
         prob += pulp.LpAffineExpression(terms) <= scaled_rhs, f"budget_{k}"
 
-    solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, math.ceil(time_limit_s)),
-                               gapRel=0, gapAbs=0, threads=1, options=list(_CBC_OPTIONS))
-    prob.solve(solver)
+    prob.solve(_cbc(pulp, time_limit_s))
     if prob.status == pulp.LpStatusInfeasible or prob.sol_status == pulp.LpSolutionInfeasible:
         return SolveResult(None, True)
     if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):

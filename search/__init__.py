@@ -1,0 +1,1 @@
+"""Search: spaces, samplers (XGBoost cost model), objectives, bit allocation."""

@@ -1,0 +1,167 @@
+"""Base of quantune's own Optuna samplers, plus the ``random`` and ``grid`` strategies.
+
+A :class:`CandidateSampler` proposes a whole configuration at once through Optuna's
+relative-sampling hooks (``infer_relative_search_space`` returns every dimension,
+``sample_relative`` returns all their values), and never proposes a configuration that
+any trial of the study has evaluated or is evaluating (RUNNING trials of other workers
+sharing the storage included).
+
+Determinism: the random stream of trial ``n`` is derived from ``(seed, n)``, not from
+a stateful generator, so a resumed or re-run study proposes the same configurations.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.trial import TrialState
+from quantune.search.optuna_bridge import distributions, to_params, visited_keys
+from quantune.search.space import Config, SearchSpace, config_key
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial
+
+ENUMERATE_LIMIT = 20_000
+"""Spaces up to this size are enumerated; larger ones are sampled."""
+
+_ALL_STATES = (
+    TrialState.COMPLETE,
+    TrialState.RUNNING,
+    TrialState.WAITING,
+    TrialState.FAIL,
+    TrialState.PRUNED,
+)
+
+
+@dataclass(frozen=True)
+class ProposalContext:
+    """What a proposal may look at.
+
+    Attributes:
+        study: The study (its storage also holds other studies, for transfer).
+        trials: The study's other trials, any state.
+        visited: Keys of configurations not to propose.
+        rng: This trial's random generator.
+    """
+
+    study: Study
+    trials: list[FrozenTrial]
+    visited: set[str]
+    rng: np.random.Generator
+
+
+class CandidateSampler(BaseSampler, abc.ABC):
+    """Proposes unvisited configurations of ``space`` jointly.
+
+    Args:
+        space: The search space.
+        seed: Seed of every random choice.
+    """
+
+    def __init__(self, space: SearchSpace, seed: int | None = None) -> None:
+        self.space = space
+        self.seed = 0 if seed is None else int(seed)
+        self._fallback = RandomSampler(seed=seed)
+        self._distributions = distributions(space)
+        self._keyed: list[tuple[str, Config]] | None = None
+
+    # ----------------------------------------------------------------- Optuna hooks
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return dict(self._distributions)
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        trials = study.get_trials(deepcopy=False, states=_ALL_STATES)
+        others = [t for t in trials if t.number != trial.number]
+        visited = visited_keys(self.space, others)
+        rng = self.rng_for(trial.number)
+        config = self.propose(ProposalContext(study, others, visited, rng))
+        if config is None:  # space exhausted: the runner stops before this matters
+            return {}
+        return to_params(self.space, config)
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        # Only reached for parameters outside the space (a user's extra suggest call).
+        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+
+    # ----------------------------------------------------------------- helpers
+    def rng_for(self, trial_number: int) -> np.random.Generator:
+        """The random generator of trial ``trial_number`` (a pure function of seed, n)."""
+        return np.random.default_rng([self.seed, trial_number])
+
+    def keyed_configs(self) -> list[tuple[str, Config]]:
+        """Every configuration with its key, in enumeration order (built once).
+
+        Raises:
+            ValueError: the space is larger than :data:`ENUMERATE_LIMIT`.
+        """
+        if self.space.size > ENUMERATE_LIMIT:
+            raise ValueError(f"space of {self.space.size} configurations is too large to list")
+        if self._keyed is None:
+            self._keyed = [(config_key(c), c) for c in self.space.enumerate()]
+        return self._keyed
+
+    def random_unvisited(
+        self, visited: set[str], rng: np.random.Generator, tries: int = 2000
+    ) -> Config | None:
+        """A uniformly random configuration not in ``visited``; None when exhausted."""
+        if self.space.size <= ENUMERATE_LIMIT:
+            free = [c for k, c in self.keyed_configs() if k not in visited]
+            return free[int(rng.integers(len(free)))] if free else None
+        for config in self.space.sample(rng, tries):
+            if config_key(config) not in visited:
+                return config
+        return None
+
+    @abc.abstractmethod
+    def propose(self, ctx: ProposalContext) -> Config | None:
+        """The next configuration, or None when every configuration was visited."""
+
+
+class UniqueRandomSampler(CandidateSampler):
+    """Uniform random search without replacement (``random``)."""
+
+    def propose(self, ctx: ProposalContext) -> Config | None:
+        return self.random_unvisited(ctx.visited, ctx.rng)
+
+
+class ShuffledGridSampler(CandidateSampler):
+    """Exhaustive search in a seed-shuffled order (``grid``).
+
+    Like Optuna's ``GridSampler``, the grid order is a seeded permutation so that
+    several workers and several seeds cover the grid differently; unlike it, the grid
+    is the space itself, which may be an explicit candidate list. Spaces larger than
+    :data:`ENUMERATE_LIMIT` are walked in lexicographic order instead of shuffled.
+    """
+
+    def __init__(self, space: SearchSpace, seed: int | None = None) -> None:
+        super().__init__(space, seed)
+        self._order: list[tuple[str, Config]] | None = None
+
+    def propose(self, ctx: ProposalContext) -> Config | None:
+        visited = ctx.visited
+        if self.space.size > ENUMERATE_LIMIT:
+            return next((c for c in self.space.enumerate() if config_key(c) not in visited), None)
+        if self._order is None:
+            grid = self.keyed_configs()
+            perm = np.random.default_rng([self.seed, 0x6772]).permutation(len(grid))
+            self._order = [grid[int(i)] for i in perm]
+        return next((c for k, c in self._order if k not in visited), None)
+

@@ -1,0 +1,131 @@
+"""The XGBoost cost model: predicts how good an untried configuration will be.
+
+Two learning objectives, as in AutoTVM and the Quantune paper:
+
+* ``"rank"`` (``rank:pairwise``): learns only the order of configurations within a
+  group (one group per study). Robust to the scale of the metric, and lets trials of
+  other models (transfer) teach *which configurations beat which* without their
+  absolute accuracies being comparable.
+* ``"regression"`` (``reg:squarederror``): fits the scores themselves. To mix studies
+  the scores are replaced by their within-study ranks scaled to [0, 1].
+
+Both work on the tens of rows a PTQ search has, so the trees are shallow and the
+minimum child weight is tiny (the default of 1 would forbid most splits on 5 rows).
+xgboost is imported lazily: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+CostObjective = Literal["rank", "regression"]
+
+_XGB_OBJECTIVES = {"rank": "rank:pairwise", "regression": "reg:squarederror"}
+
+
+@dataclass
+class TrainingSet:
+    """Rows for the cost model.
+
+    Attributes:
+        features: (n, f) float matrix; NaN marks a missing descriptor feature.
+        scores: (n,) higher-is-better labels.
+        groups: (n,) integer study id per row; group 0 is the study being searched.
+        group_weights: weight of each group id (own study 1.0, transfer studies less).
+    """
+
+    features: np.ndarray
+    scores: np.ndarray
+    groups: np.ndarray
+    group_weights: dict[int, float] = field(default_factory=lambda: {0: 1.0})
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def _within_group_ranks(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(scores, dtype=np.float64)
+    for g in np.unique(groups):
+        mask = groups == g
+        x = scores[mask]
+        if x.size == 1:
+            out[mask] = 0.5
+            continue
+        # Average rank of ties, scaled to [0, 1].
+        sorted_x = np.sort(x)
+        lo = np.searchsorted(sorted_x, x, side="left")
+        hi = np.searchsorted(sorted_x, x, side="right") - 1
+        out[mask] = (lo + hi) / 2.0 / (x.size - 1)
+    return out
+
+
+class CostModel:
+    """A gradient-boosted tree model over configuration (+ descriptor) features.
+
+    Args:
+        objective: ``"rank"`` or ``"regression"``.
+        seed: Seed of the booster (fits are deterministic for a given seed).
+        n_rounds: Boosting rounds.
+        params: Extra xgboost parameters overriding the defaults below.
+    """
+
+    def __init__(
+        self,
+        objective: CostObjective = "rank",
+        seed: int = 0,
+        n_rounds: int = 60,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        if objective not in _XGB_OBJECTIVES:
+            raise ValueError(f"cost model objective must be 'rank' or 'regression', got {objective!r}")
+        self.objective: CostObjective = objective
+        self.n_rounds = n_rounds
+        self.params: dict[str, Any] = {
+            "objective": _XGB_OBJECTIVES[objective],
+            "eta": 0.3,
+            "max_depth": 4,
+            # Tiny data: allow splits on a handful of rows (pairwise hessians are small).
+            "min_child_weight": 1e-3,
+            "lambda": 1.0,
+            "tree_method": "exact",
+            # One thread: fits take milliseconds, and workers often share a machine.
+            "nthread": 1,
+            "seed": int(seed),
+            "verbosity": 0,
+        }
+        if params:
+            self.params.update(params)
+        self._booster: Any = None
+
+    def fit(self, data: TrainingSet) -> CostModel:
+        """Fit on ``data`` (rows of group 0 and any transfer groups)."""
+        import xgboost as xgb
+
+        order = np.argsort(data.groups, kind="stable")  # ranking needs rows grouped
+        features = data.features[order]
+        groups = data.groups[order]
+        scores = data.scores[order].astype(np.float64)
+        ids, counts = np.unique(groups, return_counts=True)
+        weights = np.array([data.group_weights.get(int(g), 1.0) for g in ids])
+        if self.objective == "rank":
+            dmat = xgb.DMatrix(features, label=scores, missing=np.nan)
+            dmat.set_group(counts)
+            dmat.set_weight(weights)  # ranking weights are per group
+        else:
+            labels = _within_group_ranks(scores, groups) if ids.size > 1 else scores
+            row_w = weights[np.searchsorted(ids, groups)]
+            dmat = xgb.DMatrix(features, label=labels, weight=row_w, missing=np.nan)
+        self._booster = xgb.train(self.params, dmat, num_boost_round=self.n_rounds)
+        return self
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Predicted scores (higher is better; comparable only among themselves)."""
+        import xgboost as xgb
+
+        if self._booster is None:
+            raise RuntimeError("CostModel.predict called before fit")
+        return np.asarray(self._booster.predict(xgb.DMatrix(features, missing=np.nan)))

@@ -1,0 +1,299 @@
+"""Declarative discrete search spaces: dimensions, candidates, encoding, sampling.
+
+A :class:`SearchSpace` is a list of named discrete dimensions. Its configurations are
+plain dicts ``{name: value}``; the caller maps them to its own config objects. A space
+is either the full Cartesian product of its dimensions or, when built from an explicit
+list of candidate configurations, exactly that list (a constrained product: the
+Brevitas sweep, for example, measures 540 of its 1,728 combinations).
+
+Everything here is pure Python + numpy: no torch, no optuna, no xgboost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from quantune.errors import UserInputError
+
+Config = dict[str, Any]
+DimensionKind = Literal["categorical", "ordinal"]
+
+
+def config_key(config: Mapping[str, Any]) -> str:
+    """Canonical, hashable text of a configuration (sorted-key JSON).
+
+    Two configurations are the same point of the space exactly when their keys match;
+    samplers, the runner and the storage all use this key to recognise visited points.
+    """
+    return json.dumps(dict(config), sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int subclass, but True/False are categories, not magnitudes.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One discrete axis of the space.
+
+    Args:
+        name: Parameter name (the key in configuration dicts).
+        values: The allowed values, any JSON-able objects, in order. For an ordinal
+            dimension the order is meaningful (e.g. bit widths 2 < 4 < 8).
+        kind: ``"categorical"`` (one-hot encoded for the cost model, unordered for the
+            samplers) or ``"ordinal"`` (encoded by its numeric value when all values
+            are numbers, else by its rank; samplers may exploit the order).
+    """
+
+    name: str
+    values: tuple[Any, ...]
+    kind: DimensionKind = "categorical"
+    _keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise UserInputError("a search dimension needs a non-empty name")
+        values = tuple(self.values)
+        if not values:
+            raise UserInputError(f"dimension {self.name!r} has no values; give at least one")
+        if self.kind not in ("categorical", "ordinal"):
+            raise UserInputError(
+                f"dimension {self.name!r}: kind must be 'categorical' or 'ordinal', "
+                f"got {self.kind!r}"
+            )
+        keys = tuple(json.dumps(v, sort_keys=True, default=str) for v in values)
+        if len(set(keys)) != len(keys):
+            raise UserInputError(f"dimension {self.name!r} lists a value twice: {values!r}")
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "_keys", keys)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def index(self, value: Any) -> int:
+        """Position of ``value`` among :attr:`values`.
+
+        Raises:
+            UserInputError: ``value`` is not one of the dimension's values.
+        """
+        key = json.dumps(value, sort_keys=True, default=str)
+        try:
+            return self._keys.index(key)
+        except ValueError:
+            raise UserInputError(
+                f"{value!r} is not a value of dimension {self.name!r}; allowed: {self.values!r}"
+            ) from None
+
+    @property
+    def numeric(self) -> bool:
+        """True for an ordinal dimension whose values are all numbers."""
+        return self.kind == "ordinal" and all(_is_number(v) for v in self.values)
+
+    @property
+    def width(self) -> int:
+        """Number of feature columns this dimension takes in :meth:`SearchSpace.encode`."""
+        return 1 if self.kind == "ordinal" else len(self.values)
+
+    def feature_names(self) -> list[str]:
+        """Column names of this dimension's features."""
+        if self.kind == "ordinal":
+            return [self.name]
+        return [f"{self.name}={k}" for k in self._keys]
+
+    def encode_index(self, index: int) -> list[float]:
+        """Feature columns of the value at ``index``."""
+        if self.kind == "ordinal":
+            return [float(self.values[index]) if self.numeric else float(index)]
+        one_hot = [0.0] * len(self.values)
+        one_hot[index] = 1.0
+        return one_hot
+
+
+def categorical(name: str, values: Iterable[Any]) -> Dimension:
+    """An unordered dimension (one-hot encoded)."""
+    return Dimension(name, tuple(values), "categorical")
+
+
+def ordinal(name: str, values: Iterable[Any]) -> Dimension:
+    """An ordered dimension (encoded by value when numeric, else by rank)."""
+    return Dimension(name, tuple(values), "ordinal")
+
+
+class SearchSpace:
+    """A finite, discrete space of configurations.
+
+    Args:
+        dimensions: The axes. Names must be unique.
+        candidates: Optional explicit list of allowed configurations (each a dict over
+            every dimension). When given, the space is exactly this list, in this order.
+
+    Example:
+        >>> space = SearchSpace([ordinal("bits", [4, 8]), categorical("scheme", ["sym", "asym"])])
+        >>> space.size
+        4
+        >>> space.encode({"bits": 8, "scheme": "asym"}).tolist()
+        [8.0, 0.0, 1.0]
+    """
+
+    def __init__(
+        self,
+        dimensions: Sequence[Dimension],
+        candidates: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.dimensions: tuple[Dimension, ...] = tuple(dimensions)
+        if not self.dimensions:
+            raise UserInputError("a search space needs at least one dimension")
+        names = [d.name for d in self.dimensions]
+        if len(set(names)) != len(names):
+            raise UserInputError(f"search dimensions must have unique names, got {names}")
+        self._by_name = {d.name: d for d in self.dimensions}
+        self._candidates: tuple[Config, ...] | None = None
+        self._candidate_keys: dict[str, int] = {}
+        if candidates is not None:
+            rows = [self.validate(c) for c in candidates]
+            if not rows:
+                raise UserInputError("an explicit candidate list must not be empty")
+            for i, row in enumerate(rows):
+                self._candidate_keys.setdefault(config_key(row), i)
+            if len(self._candidate_keys) != len(rows):
+                raise UserInputError("the candidate list contains duplicate configurations")
+            self._candidates = tuple(rows)
+
+    @classmethod
+    def from_candidates(
+        cls,
+        candidates: Sequence[Mapping[str, Any]],
+        ordinal_names: Iterable[str] | None = None,
+    ) -> SearchSpace:
+        """Build a space that is exactly ``candidates``, inferring its dimensions.
+
+        A dimension's values are those seen in the candidates, sorted when they are all
+        numbers. A dimension is ordinal when named in ``ordinal_names``, or, when
+        ``ordinal_names`` is None, when all of its values are numbers.
+        """
+        if not candidates:
+            raise UserInputError("an explicit candidate list must not be empty")
+        names = list(candidates[0].keys())
+        wanted = set(ordinal_names) if ordinal_names is not None else None
+        dims = []
+        for name in names:
+            seen: dict[str, Any] = {}
+            for c in candidates:
+                if name not in c:
+                    raise UserInputError(f"candidate {dict(c)!r} lacks parameter {name!r}")
+                seen.setdefault(json.dumps(c[name], sort_keys=True, default=str), c[name])
+            values = list(seen.values())
+            all_numbers = all(_is_number(v) for v in values)
+            if all_numbers:
+                values.sort()
+            is_ordinal = all_numbers if wanted is None else name in wanted
+            dims.append(Dimension(name, tuple(values), "ordinal" if is_ordinal else "categorical"))
+        return cls(dims, candidates)
+
+    # ----------------------------------------------------------------- structure
+    @property
+    def names(self) -> list[str]:
+        """Dimension names in order."""
+        return [d.name for d in self.dimensions]
+
+    def dimension(self, name: str) -> Dimension:
+        """The dimension called ``name``."""
+        return self._by_name[name]
+
+    @property
+    def candidates(self) -> tuple[Config, ...] | None:
+        """The explicit candidate list, or None for a full product space."""
+        return self._candidates
+
+    @property
+    def size(self) -> int:
+        """Number of configurations in the space."""
+        if self._candidates is not None:
+            return len(self._candidates)
+        return math.prod(len(d) for d in self.dimensions)
+
+    def validate(self, config: Mapping[str, Any]) -> Config:
+        """Return ``config`` as a dict over exactly the space's dimensions.
+
+        Raises:
+            UserInputError: a parameter is missing, unknown, or has a disallowed value.
+        """
+        extra = set(config) - set(self._by_name)
+        if extra:
+            raise UserInputError(f"unknown search parameters {sorted(extra)}; known: {self.names}")
+        out: Config = {}
+        for d in self.dimensions:
+            if d.name not in config:
+                raise UserInputError(f"configuration lacks parameter {d.name!r}")
+            out[d.name] = d.values[d.index(config[d.name])]
+        return out
+
+    def contains(self, config: Mapping[str, Any]) -> bool:
+        """Whether ``config`` is a point of this space."""
+        try:
+            valid = self.validate(config)
+        except UserInputError:
+            return False
+        return self._candidates is None or config_key(valid) in self._candidate_keys
+
+    # ----------------------------------------------------------------- encoding
+    @property
+    def n_features(self) -> int:
+        """Length of :meth:`encode`'s vectors."""
+        return sum(d.width for d in self.dimensions)
+
+    def feature_names(self) -> list[str]:
+        """Column names of :meth:`encode`'s vectors."""
+        return [n for d in self.dimensions for n in d.feature_names()]
+
+    def indices(self, config: Mapping[str, Any]) -> tuple[int, ...]:
+        """Per-dimension value indices of ``config``."""
+        return tuple(d.index(config[d.name]) for d in self.dimensions)
+
+    def from_indices(self, indices: Sequence[int]) -> Config:
+        """The configuration with these per-dimension value indices."""
+        return {d.name: d.values[i] for d, i in zip(self.dimensions, indices, strict=True)}
+
+    def encode(self, config: Mapping[str, Any]) -> np.ndarray:
+        """Numeric feature vector of ``config`` (one-hot categoricals, ordinal values)."""
+        row: list[float] = []
+        for d in self.dimensions:
+            row.extend(d.encode_index(d.index(config[d.name])))
+        return np.asarray(row, dtype=np.float64)
+
+    def encode_many(self, configs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Feature matrix, one row per configuration."""
+        if not configs:
+            return np.zeros((0, self.n_features))
+        return np.stack([self.encode(c) for c in configs])
+
+    # ----------------------------------------------------------------- iteration
+    def enumerate(self, limit: int | None = None) -> Iterator[Config]:
+        """Yield every configuration (candidates in order, else the product in
+        lexicographic order of value indices), at most ``limit`` of them."""
+        if self._candidates is not None:
+            source: Iterable[Config] = (dict(c) for c in self._candidates)
+        else:
+            source = (
+                self.from_indices(idx)
+                for idx in itertools.product(*(range(len(d)) for d in self.dimensions))
+            )
+        yield from itertools.islice(source, limit)
+
+    def sample(self, rng: np.random.Generator, n: int = 1) -> list[Config]:
+        """``n`` configurations drawn uniformly (with replacement) from the space."""
+        if self._candidates is not None:
+            picks = rng.integers(0, len(self._candidates), size=n)
+            return [dict(self._candidates[int(i)]) for i in picks]
+        return [
+            self.from_indices([int(rng.integers(0, len(d))) for d in self.dimensions])
+            for _ in range(n)
+        ]

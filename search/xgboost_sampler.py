@@ -1,0 +1,224 @@
+"""The XGBoost cost-model sampler (the ``xgboost`` strategy).
+
+Each proposal:
+
+1. *Warm-up*: until ``n_startup`` trials have completed, propose uniformly at random
+   (without replacement). With transfer data from other studies the model is usable
+   at once, so the warm-up shrinks to ``n_startup_transfer`` (0 by default: XGB-T).
+2. *Fit*: an XGBoost model (``rank:pairwise`` or ``reg:squarederror``) on the completed
+   trials' configuration features (+ model descriptor features when transfer rows are
+   present). Failed and pruned trials are rows with a score below the worst completed
+   one: the model learns to avoid configurations that crash or look hopeless.
+3. *Score*: every unvisited configuration when the space has at most
+   :data:`ENUMERATE_LIMIT` of them; otherwise a random sample plus the neighbours and
+   random mutations of the best configurations so far.
+4. *Pick*: the best predicted one (ties at random); with probability ``epsilon`` a
+   random unvisited configuration instead, so a wrong model cannot trap the search.
+
+Configurations already evaluated or being evaluated by any trial of the study, other
+workers' RUNNING trials included, are never proposed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from optuna.trial import TrialState
+from quantune.search.candidate_sampler import ENUMERATE_LIMIT, CandidateSampler, ProposalContext
+from quantune.search.cost_model import CostModel, CostObjective, TrainingSet
+from quantune.search.neighbourhood import mutate, neighbours
+from quantune.search.optuna_bridge import DESCRIPTOR_ATTR, is_stale, trial_config
+from quantune.search.scoring import scalar_scores
+from quantune.search.space import Config, SearchSpace, config_key
+from quantune.search.transfer import (
+    StudyRows,
+    descriptor_block,
+    descriptor_keys,
+    load_transfer_rows,
+    read_descriptor,
+)
+
+if TYPE_CHECKING:
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial
+
+
+class XGBoostSampler(CandidateSampler):
+    """Optuna sampler that proposes the configuration an XGBoost cost model ranks best.
+
+    Args:
+        space: The search space.
+        seed: Seed of every random choice and of the booster.
+        n_startup: Random trials before the first model fit (default 4).
+        objective: Cost model objective, ``"rank"`` (pairwise) or ``"regression"``.
+        epsilon: Probability of proposing a random unvisited configuration instead.
+        model_descriptor: Floats describing the model (layer counts, depthwise share,
+            parameters, MACs...). Defaults to the study's stored descriptor.
+        transfer: Warm-start from completed trials of other studies in the storage.
+        transfer_weight: Weight of each transfer study relative to the own study (1.0).
+        n_startup_transfer: Random trials before the first fit when transfer rows exist.
+        threshold: Target on objective 0 for multi-objective studies (see
+            :func:`quantune.search.scoring.scalar_scores`).
+        n_samples: Random candidates scored per proposal in spaces too large to list.
+        n_parents: Best configurations whose neighbourhoods are scored in large spaces.
+        n_rounds: Boosting rounds per fit.
+        xgb_params: Extra xgboost parameters.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        seed: int | None = None,
+        n_startup: int = 4,
+        objective: CostObjective = "rank",
+        epsilon: float = 0.05,
+        model_descriptor: Mapping[str, float] | None = None,
+        transfer: bool = True,
+        transfer_weight: float = 0.3,
+        n_startup_transfer: int = 0,
+        threshold: float | None = None,
+        n_samples: int = 4096,
+        n_parents: int = 8,
+        n_rounds: int = 60,
+        xgb_params: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(space, seed)
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+        if n_startup < 0 or n_startup_transfer < 0:
+            raise ValueError("n_startup and n_startup_transfer must be >= 0")
+        self.n_startup = n_startup
+        self.objective: CostObjective = objective
+        self.epsilon = epsilon
+        self.model_descriptor = None if model_descriptor is None else dict(model_descriptor)
+        self.transfer = transfer
+        self.transfer_weight = transfer_weight
+        self.n_startup_transfer = n_startup_transfer
+        self.threshold = threshold
+        self.n_samples = n_samples
+        self.n_parents = n_parents
+        self.n_rounds = n_rounds
+        self.xgb_params = dict(xgb_params or {})
+        self._transfer_rows: list[StudyRows] | None = None
+        self._all_features: np.ndarray | None = None
+
+    # ----------------------------------------------------------------- proposal
+    def propose(self, ctx: ProposalContext) -> Config | None:
+        study, trials, visited, rng = ctx.study, ctx.trials, ctx.visited, ctx.rng
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+        done_configs = [trial_config(self.space, t) for t in done]
+        own = [(t, c) for t, c in zip(done, done_configs, strict=True) if c is not None]
+        transfer = self._load_transfer(study)
+        startup = self.n_startup_transfer if transfer else self.n_startup
+        # rng.random() is drawn every time so the stream does not depend on the branch.
+        explore = rng.random() < self.epsilon
+        if len(own) < max(startup, 1 if not transfer else 0) or explore:
+            return self.random_unvisited(visited, rng)
+        bad = [
+            c
+            for t in trials
+            if t.state in (TrialState.FAIL, TrialState.PRUNED) and not is_stale(t)
+            for c in [trial_config(self.space, t)]
+            if c is not None
+        ]
+        descriptor = self._descriptor(study)
+        keys = descriptor_keys([descriptor, *(r.descriptor for r in transfer)]) if transfer else []
+        data = self._training_set(study, own, bad, transfer, descriptor, keys)
+        model = CostModel(self.objective, seed=self.seed, n_rounds=self.n_rounds,
+                          params=self.xgb_params).fit(data)
+        parents = [own[int(i)][1] for i in np.argsort(-data.scores[: len(own)], kind="stable")]
+        candidates, features = self._candidates(parents, visited, rng)
+        if not candidates:
+            return None
+        if keys:
+            features = np.hstack([features, descriptor_block(descriptor, keys, len(candidates))])
+        predicted = model.predict(features)
+        top = np.flatnonzero(predicted >= predicted.max() - 1e-9)
+        return candidates[int(rng.choice(top))]
+
+    # ----------------------------------------------------------------- training data
+    def _training_set(
+        self,
+        study: Study,
+        own: Sequence[tuple[FrozenTrial, Config]],
+        bad: Sequence[Config],
+        transfer: Sequence[StudyRows],
+        descriptor: Mapping[str, float],
+        keys: Sequence[str],
+    ) -> TrainingSet:
+        values = [list(t.values) for t, _ in own]
+        scores = scalar_scores(values, [d.name for d in study.directions], self.threshold)
+        configs = [c for _, c in own]
+        if bad:
+            # Failed/pruned configurations rank below every completed one.
+            floor = float(scores.min()) if scores.size else 0.0
+            spread = float(np.ptp(scores)) if scores.size > 1 else 1.0
+            scores = np.concatenate([scores, np.full(len(bad), floor - 0.1 * spread - 1e-6)])
+            configs = [*configs, *bad]
+        features = [self.space.encode_many(configs)]
+        if keys:
+            features[0] = np.hstack([features[0], descriptor_block(descriptor, keys, len(configs))])
+        all_scores = [scores]
+        groups = [np.zeros(len(configs), dtype=np.int64)]
+        weights = {0: 1.0}
+        for gid, rows in enumerate(transfer, start=1):
+            block = descriptor_block(rows.descriptor, keys, len(rows.scores))
+            features.append(np.hstack([rows.features, block]))
+            all_scores.append(rows.scores)
+            groups.append(np.full(len(rows.scores), gid, dtype=np.int64))
+            weights[gid] = self.transfer_weight
+        return TrainingSet(
+            features=np.vstack(features),
+            scores=np.concatenate(all_scores),
+            groups=np.concatenate(groups),
+            group_weights=weights,
+        )
+
+    def _descriptor(self, study: Study) -> dict[str, float]:
+        if self.model_descriptor is not None:
+            return self.model_descriptor
+        return read_descriptor(study.user_attrs.get(DESCRIPTOR_ATTR))
+
+    def _load_transfer(self, study: Study) -> list[StudyRows]:
+        if not self.transfer:
+            return []
+        if self._transfer_rows is None:
+            # Read once per sampler: source studies are finished runs of other models.
+            storage = study._storage  # noqa: SLF001 - Optuna exposes no public accessor
+            self._transfer_rows = load_transfer_rows(storage, self.space, study.study_name)
+        return self._transfer_rows
+
+    # ----------------------------------------------------------------- candidates
+    def _candidates(
+        self,
+        parents: Sequence[Config],
+        visited: set[str],
+        rng: np.random.Generator,
+    ) -> tuple[list[Config], np.ndarray]:
+        """Unvisited configurations to score, with their features.
+
+        Args:
+            parents: Completed configurations, best first (seeds of local search).
+            visited: Keys not to return.
+            rng: Random generator of this proposal.
+        """
+        if self.space.size <= ENUMERATE_LIMIT:
+            keyed = self.keyed_configs()
+            if self._all_features is None:
+                self._all_features = self.space.encode_many([c for _, c in keyed])
+            free = [i for i, (k, _) in enumerate(keyed) if k not in visited]
+            return [keyed[i][1] for i in free], self._all_features[free]
+        pool: dict[str, Config] = {}
+        for parent in parents[: self.n_parents]:
+            for c in neighbours(self.space, parent):
+                pool.setdefault(config_key(c), c)
+            for _ in range(16):
+                c = mutate(self.space, parent, rng, n_changes=int(rng.integers(1, 4)))
+                pool.setdefault(config_key(c), c)
+        for c in self.space.sample(rng, self.n_samples):
+            pool.setdefault(config_key(c), c)
+        free_configs = [c for k, c in pool.items() if k not in visited]
+        return free_configs, self.space.encode_many(free_configs)
