@@ -20,7 +20,9 @@ from quantune.errors import ConfigVersionError, UserInputError
 
 CONFIG_VERSION = 1
 
-RANGE_METHODS = ("minmax", "percentile", "entropy", "mse", "aciq")
+# "aciq" picks the Laplace or Gaussian prior from the data's shape; the suffixed names
+# force one (see quantune.calibration.aciq).
+RANGE_METHODS = ("minmax", "percentile", "entropy", "mse", "aciq", "aciq-laplace", "aciq-gaussian")
 GRANULARITIES = ("per_tensor", "per_channel")
 
 
@@ -119,6 +121,17 @@ class CalibrationProcedure:
         adaquant_iters: optimizer steps per layer for AdaQuant.
         bn_reestimate: re-estimate BatchNorm statistics on the quantized model.
         seed: seed of every random choice in calibration.
+        adaquant_time_budget_s: total wall-clock budget of AdaQuant over all layers
+            (None = no limit; a layer stops early when its share is spent, which makes
+            results depend on machine speed).
+        adaquant_sequential: feed each layer the outputs of the already-calibrated
+            quantized layers before it (False: the float model's activations).
+        adaquant_lr: Adam learning rate; weights move in units of their initial
+            quantization step, step sizes and the bias in relative units.
+        adaquant_batch_size: samples per optimizer step for convolutions; Linear layers
+            take 16x as many input rows (tokens) per step.
+        adaquant_cache_mb: per-layer cap on cached inputs + float targets; a seeded
+            subset of samples (or rows) is kept when the calibration set is larger.
     """
 
     max_samples: int | None = None
@@ -127,12 +140,25 @@ class CalibrationProcedure:
     adaquant_iters: int = 200
     bn_reestimate: bool = False
     seed: int = 0
+    adaquant_time_budget_s: float | None = None
+    adaquant_sequential: bool = True
+    adaquant_lr: float = 1e-2
+    adaquant_batch_size: int = 32
+    adaquant_cache_mb: int = 256
 
     def __post_init__(self) -> None:
         if self.max_samples is not None and self.max_samples < 1:
             raise UserInputError(f"max_samples must be >= 1 or None, got {self.max_samples}.")
         if self.adaquant_iters < 0:
             raise UserInputError("adaquant_iters must be >= 0.")
+        if self.adaquant_time_budget_s is not None and not self.adaquant_time_budget_s > 0:
+            raise UserInputError(
+                f"adaquant_time_budget_s must be > 0 seconds or None, got {self.adaquant_time_budget_s!r}."
+            )
+        if not 0.0 < float(self.adaquant_lr) < 1.0:
+            raise UserInputError(f"adaquant_lr must be in (0, 1), got {self.adaquant_lr!r}.")
+        if self.adaquant_batch_size < 1 or self.adaquant_cache_mb < 1:
+            raise UserInputError("adaquant_batch_size and adaquant_cache_mb must be >= 1.")
 
 
 @dataclass(frozen=True)
