@@ -72,41 +72,59 @@ class PreparedModel:
         first = next(iter(iter_batches(self.calib_data)))
         run_checked(self.float_model, first, 0)
         self.bn_pairs = find_bn_pairs(self.float_model, lambda: run_checked(self.float_model, first, 0))
+        # The unfolded BatchNorms are kept so that calibration can re-estimate their
+        # statistics on the quantized model and fold them again (bn_reestimate).
+        self.bn_modules: dict[str, nn.Module] = {
+            bn: copy.deepcopy(self.float_model.get_submodule(bn)) for _, bn in self.bn_pairs
+        }
         fold_batchnorm(self.float_model, self.bn_pairs)
         self.layers: list[LayerInfo] = describe_layers(
             self.float_model, names, lambda: run_checked(self.float_model, first, 0)
         )
-        self._stats_cache: dict[int | None, tuple[dict[str, Any], int]] = {}
+        self._stats_cache: dict[tuple[int | None, int], tuple[dict[str, Any], int]] = {}
+        self._subset_cache: dict[tuple[int, int], Iterable[Any]] = {}
 
     @property
     def layer_names(self) -> list[str]:
         return [info.name for info in self.layers]
 
-    def stats(self, max_samples: int | None = None) -> dict[str, Any]:
-        """Input histograms of every quantizable layer (collected once per sample cap)."""
-        if max_samples not in self._stats_cache:
+    def calibration_data(self, max_samples: int | None = None, seed: int = 0) -> Iterable[Any]:
+        """The calibration batches, or a seeded random subset of ``max_samples`` samples (cached)."""
+        if max_samples is None:
+            return self.calib_data
+        key = (max_samples, seed)
+        if key not in self._subset_cache:
+            from quantune.calibration.data import calibration_batches
+
+            self._subset_cache[key] = calibration_batches(self.calib_data, max_samples, seed)
+        return self._subset_cache[key]
+
+    def stats(self, max_samples: int | None = None, seed: int = 0) -> dict[str, Any]:
+        """Input histograms of every quantizable layer (collected once per sample cap and seed)."""
+        key = (max_samples, seed if max_samples is not None else 0)
+        if key not in self._stats_cache:
             from quantune.calibration.collect import collect_input_stats
 
-            self._stats_cache[max_samples] = collect_input_stats(
+            data = self.calibration_data(max_samples, seed)
+            self._stats_cache[key] = collect_input_stats(
                 self.float_model,
                 self.layer_names,
-                self.calib_data,
-                max_samples=max_samples,
+                data,
                 show_progress=self.show_progress,
-                total_batches=len(self.calib_data) if hasattr(self.calib_data, "__len__") else None,
+                total_batches=len(data) if hasattr(data, "__len__") else None,
             )
-        return self._stats_cache[max_samples][0]
+        return self._stats_cache[key][0]
 
-    def n_samples(self, max_samples: int | None = None) -> int:
-        self.stats(max_samples)
-        return self._stats_cache[max_samples][1]
+    def n_samples(self, max_samples: int | None = None, seed: int = 0) -> int:
+        self.stats(max_samples, seed)
+        return self._stats_cache[(max_samples, seed if max_samples is not None else 0)][1]
 
     def quantize(self, config: QuantConfig, mode: str = "integer") -> QuantizedModel:
         """Build a quantized copy of the model under ``config``."""
         from quantune.calibration.procedures import run_procedure
         from quantune.calibration.ranges import activation_range, weight_range
 
-        stats = self.stats(config.procedure.max_samples)
+        stats = self.stats(config.procedure.max_samples, config.procedure.seed)
         model = copy.deepcopy(self.float_model)
         for info in self.layers:
             layer_cfg = config.for_layer(info.name)
