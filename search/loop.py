@@ -79,6 +79,9 @@ class SearchLoop:
         self.wants_handle = _wants_handle(objective)
         self.directions = [d.name.lower() for d in study.directions]
         self.multi = len(self.directions) > 1
+        # Another process may write to a persistent storage (several workers): then the
+        # study is re-read where it matters; an in-memory study is this process's alone.
+        self.shared = not isinstance(study._storage, optuna.storages.InMemoryStorage)  # noqa: SLF001
         trials = study.get_trials(deepcopy=False)
         self.n_eval = count_evaluations(study)
         self.visited = visited_keys(space, trials)
@@ -117,7 +120,7 @@ class SearchLoop:
             trial.set_user_attr(REPAIRED_ATTR, True)
         key = record_config(trial, config)
         known = self.results.get(key)
-        if known is None:  # another worker may have finished it meanwhile
+        if known is None and self.shared:  # another worker may have finished it meanwhile
             self.results.update(self._completed(self.study.get_trials(
                 deepcopy=False, states=(TrialState.COMPLETE,))))
             known = self.results.get(key)
@@ -145,7 +148,8 @@ class SearchLoop:
             self.visited.add(key)
         if is_evaluation(trial):
             self.repeats = 0
-            before, self.n_eval = self.n_eval, count_evaluations(study)
+            before = self.n_eval
+            self.n_eval = count_evaluations(study) if self.shared else before + 1
             self.bar.update(max(self.n_eval - before, 0))
         elif trial.user_attrs.get(CACHED_ATTR):
             self.repeats += 1

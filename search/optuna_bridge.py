@@ -124,9 +124,7 @@ def is_stale(trial: FrozenTrial) -> bool:
     every failure of the objective; a trial failed by Optuna's heartbeat check or
     interrupted by Ctrl-C has none).
     """
-    from optuna.trial import TrialState
-
-    if trial.state != TrialState.FAIL:
+    if trial.state.name != "FAIL":  # by name: keeps this module free of an optuna import
         return False
     return bool(trial.user_attrs.get(STALE_ATTR, False)) or ERROR_ATTR not in trial.user_attrs
 

@@ -57,6 +57,9 @@ class Dimension:
     values: tuple[Any, ...]
     kind: DimensionKind = "categorical"
     _keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _fast: dict[tuple[type, Any], int] = field(init=False, repr=False, compare=False)
+    _numeric: bool = field(init=False, repr=False, compare=False)
+    _table: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -74,6 +77,23 @@ class Dimension:
             raise UserInputError(f"dimension {self.name!r} lists a value twice: {values!r}")
         object.__setattr__(self, "values", values)
         object.__setattr__(self, "_keys", keys)
+        # Hot path of encoding: hashable values looked up by (type, value), so that
+        # True and 1 stay distinct; unhashable ones (lists, dicts) go through JSON.
+        fast = {}
+        for i, v in enumerate(values):
+            try:
+                fast[(type(v), v)] = i
+            except TypeError:
+                continue
+        object.__setattr__(self, "_fast", fast)
+        numeric = self.kind == "ordinal" and all(_is_number(v) for v in values)
+        object.__setattr__(self, "_numeric", numeric)
+        # Feature rows of every value, computed once: encoding is a table lookup.
+        if self.kind == "ordinal":
+            table = np.array([[float(v) if numeric else float(i)] for i, v in enumerate(values)])
+        else:
+            table = np.eye(len(values))
+        object.__setattr__(self, "_table", table)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -84,6 +104,10 @@ class Dimension:
         Raises:
             UserInputError: ``value`` is not one of the dimension's values.
         """
+        try:
+            return self._fast[(type(value), value)]
+        except (KeyError, TypeError):
+            pass
         key = json.dumps(value, sort_keys=True, default=str)
         try:
             return self._keys.index(key)
@@ -95,7 +119,7 @@ class Dimension:
     @property
     def numeric(self) -> bool:
         """True for an ordinal dimension whose values are all numbers."""
-        return self.kind == "ordinal" and all(_is_number(v) for v in self.values)
+        return self._numeric
 
     @property
     def width(self) -> int:
@@ -108,13 +132,9 @@ class Dimension:
             return [self.name]
         return [f"{self.name}={k}" for k in self._keys]
 
-    def encode_index(self, index: int) -> list[float]:
-        """Feature columns of the value at ``index``."""
-        if self.kind == "ordinal":
-            return [float(self.values[index]) if self.numeric else float(index)]
-        one_hot = [0.0] * len(self.values)
-        one_hot[index] = 1.0
-        return one_hot
+    def encode_indices(self, indices: np.ndarray) -> np.ndarray:
+        """Feature columns, shape (len(indices), width), of the values at ``indices``."""
+        return self._table[np.asarray(indices, dtype=np.int64)]
 
 
 def categorical(name: str, values: Iterable[Any]) -> Dimension:
@@ -264,16 +284,14 @@ class SearchSpace:
 
     def encode(self, config: Mapping[str, Any]) -> np.ndarray:
         """Numeric feature vector of ``config`` (one-hot categoricals, ordinal values)."""
-        row: list[float] = []
-        for d in self.dimensions:
-            row.extend(d.encode_index(d.index(config[d.name])))
-        return np.asarray(row, dtype=np.float64)
+        return self.encode_many([config])[0]
 
     def encode_many(self, configs: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Feature matrix, one row per configuration."""
         if not configs:
             return np.zeros((0, self.n_features))
-        return np.stack([self.encode(c) for c in configs])
+        idx = np.array([self.indices(c) for c in configs], dtype=np.int64)
+        return np.hstack([d.encode_indices(idx[:, j]) for j, d in enumerate(self.dimensions)])
 
     # ----------------------------------------------------------------- iteration
     def enumerate(self, limit: int | None = None) -> Iterator[Config]:
@@ -293,7 +311,6 @@ class SearchSpace:
         if self._candidates is not None:
             picks = rng.integers(0, len(self._candidates), size=n)
             return [dict(self._candidates[int(i)]) for i in picks]
-        return [
-            self.from_indices([int(rng.integers(0, len(d))) for d in self.dimensions])
-            for _ in range(n)
-        ]
+        sizes = np.array([len(d) for d in self.dimensions])
+        idx = (rng.random((n, sizes.size)) * sizes[None, :]).astype(np.int64)
+        return [self.from_indices(row) for row in idx.tolist()]

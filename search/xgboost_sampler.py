@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from optuna.trial import TrialState
 from quantune.search.candidate_sampler import ENUMERATE_LIMIT, CandidateSampler, ProposalContext
-from quantune.search.cost_model import CostModel, CostObjective, TrainingSet
+from quantune.search.cost_model import CostModel, CostObjective, TrainingSet, check_objective
 from quantune.search.neighbourhood import mutate, neighbours
 from quantune.search.optuna_bridge import DESCRIPTOR_ATTR, is_stale, trial_config
 from quantune.search.scoring import scalar_scores
@@ -80,7 +80,7 @@ class XGBoostSampler(CandidateSampler):
         transfer_weight: float = 0.3,
         n_startup_transfer: int = 0,
         threshold: float | None = None,
-        n_samples: int = 4096,
+        n_samples: int = 2048,
         n_parents: int = 8,
         n_rounds: int = 60,
         xgb_params: Mapping[str, Any] | None = None,
@@ -88,6 +88,7 @@ class XGBoostSampler(CandidateSampler):
         super().__init__(space, seed)
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+        check_objective(objective)
         if n_startup < 0 or n_startup_transfer < 0:
             raise ValueError("n_startup and n_startup_transfer must be >= 0")
         self.n_startup = n_startup
