@@ -7,8 +7,9 @@ lazily so that ``import quantune`` stays cheap.
 Numerics: budget rows have coefficients up to ~1e11 (BOPs of a large model). Each row is
 shifted by its per-unit minimum (a constant, so the feasible set is unchanged) and divided
 by its largest magnitude, so CBC sees coefficients in [0, 1]. Its feasibility tolerance
-can then still admit a solution a hair over an exact integer limit; the caller verifies
-every solution exactly and re-solves with a tightened row (see ``allocation_ilp``).
+(~1e-7 relative) can then still admit a solution a few bits over an exact integer limit
+of 1e10 bits; the caller verifies every solution exactly and re-solves with that exact
+selection cut off (``excluded``), which removes nothing feasible (see ``allocation_ilp``).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def solve_choice_program(
     rows: Sequence[tuple[Table, float]],
     *,
     time_limit_s: float,
+    excluded: Sequence[Sequence[int]] = (),
 ) -> SolveResult:
     """Minimize ``objective`` with one choice per unit under ``rows``.
 
@@ -79,6 +81,7 @@ def solve_choice_program(
             tables are passed unscaled so CBC can use an integral cutoff (exact minima).
         rows: ``(a, rhs)`` pairs meaning ``sum(a[u][c] * x[u, c]) <= rhs``.
         time_limit_s: Wall-clock limit for CBC.
+        excluded: Selections to forbid (no-good cuts), one choice index per unit.
 
     Returns:
         The selection (or ``None`` if infeasible) and whether optimality was proven.
@@ -105,6 +108,10 @@ def solve_choice_program(
         coefs, scaled_rhs = _normalized_row(table, rhs)
         terms = [(v, a) for xs, cs in zip(x, coefs, strict=True) for v, a in zip(xs, cs, strict=True) if a != 0.0]
         prob += pulp.LpAffineExpression(terms) <= scaled_rhs, f"budget_{k}"
+    for k, selection in enumerate(excluded):
+        # At most n-1 of the n chosen variables: exactly this one selection is cut off.
+        prob += (pulp.LpAffineExpression([(x[u][c], 1.0) for u, c in enumerate(selection)])
+                 <= len(selection) - 1, f"exclude_{k}")
 
     prob.solve(_cbc(pulp, time_limit_s))
     if prob.status == pulp.LpStatusInfeasible or prob.sol_status == pulp.LpSolutionInfeasible:

@@ -6,8 +6,8 @@ Steps, all on the reduced :class:`AllocationProblem`:
 2. CBC minimizes the summed sensitivity under all budgets;
 3. ties are broken deterministically by a second solve that keeps the loss at its
    optimum and prefers more bits (lower choice rank) everywhere;
-4. every solution is verified in exact arithmetic; a row CBC satisfied only within its
-   tolerance is tightened and the program solved again;
+4. every solution is verified in exact arithmetic; a selection CBC accepted only
+   within its tolerance is cut off and the program solved again;
 5. a budget is reported *binding* when dropping it lowers the optimal loss.
 
 When the budgets are only jointly infeasible, each budget's smallest value compatible
@@ -29,8 +29,8 @@ from quantune.search.allocation_types import AllocationInfeasibleError, Allocati
 _LOSS_SCALE = 1e6
 #: Relative slack on the optimal loss kept by the tie-break solve.
 _TIE_RTOL = 1e-9
-#: How often a row satisfied only within CBC's tolerance is tightened and re-solved.
-_MAX_TIGHTEN = 5
+#: How many over-budget answers (within CBC's tolerance) are cut off before giving up.
+_MAX_CUTS = 50
 
 
 def _loss_table(problem: AllocationProblem) -> list[list[float]]:
@@ -53,22 +53,25 @@ def _solve_verified(
     time_limit_s: float,
     extra: Sequence[tuple[Table, float]] = (),
 ) -> SolveResult:
-    """Solve, then re-solve with tightened rows until the exact check passes."""
-    limits = {row.name: row.limit for row in rows}
-    for _ in range(_MAX_TIGHTEN):
-        program_rows = [(_resource_table(problem, r.resource), limits[r.name]) for r in rows]
-        result = solve_choice_program(objective, [*program_rows, *extra],
-                                      time_limit_s=time_limit_s)
+    """Solve, then cut off each answer the exact check rejects and solve again.
+
+    CBC's tolerance can only loosen a row, so every truly feasible selection stays in
+    its feasible set; cutting off exactly the rejected selections therefore converges to
+    the true optimum (usually after zero or one extra solve).
+    """
+    program = [*((_resource_table(problem, r.resource), r.limit) for r in rows), *extra]
+    excluded: list[list[int]] = []
+    for _ in range(_MAX_CUTS + 1):
+        result = solve_choice_program(objective, program, time_limit_s=time_limit_s,
+                                      excluded=excluded)
         if result.selection is None:
             return result
-        over = [r for r in rows if not r.satisfied(problem.used(result.selection, r.resource))]
-        if not over:
+        if all(r.satisfied(problem.used(result.selection, r.resource)) for r in rows):
             return result
-        for r in over:  # CBC's tolerance let it exceed the exact limit: tighten by the excess
-            excess = problem.used(result.selection, r.resource) - r.limit
-            limits[r.name] = limits[r.name] - (excess if r.resource != "latency_ms" else 2 * excess)
-    raise AllocationSolverError("CBC kept returning solutions over budget after tightening; "
-                                "this is a numerical problem, please report it")
+        excluded.append(result.selection)
+    raise AllocationSolverError(
+        f"CBC returned {_MAX_CUTS + 1} selections over budget within its tolerance; "
+        "this is a numerical problem, please report it (policy='greedy' avoids CBC)")
 
 
 def _rank_table(problem: AllocationProblem) -> list[list[float]]:

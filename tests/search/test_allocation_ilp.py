@@ -37,18 +37,28 @@ oracle = _load_oracle()
 
 
 @pytest.mark.parametrize("seed", range(40))
-@pytest.mark.parametrize("policy", ["ilp", "exhaustive"])
-def test_exact_policies_equal_brute_force(seed: int, policy: str) -> None:
+@pytest.mark.parametrize("policy", ["ilp", "exhaustive", "greedy", "uniform"])
+def test_policies_against_brute_force(seed: int, policy: str) -> None:
+    """Exact policies hit the optimum; baselines stay within budget and never beat it."""
     inst = oracle.random_instance(seed)
     best = oracle.brute_force(inst)
+    exact = policy in ("ilp", "exhaustive")
     if best is None:
-        with pytest.raises(UserInputError):
-            allocate_bits(inst.layers, inst.budget, policy=policy, **inst.kwargs())
+        if exact:
+            with pytest.raises(UserInputError):
+                allocate_bits(inst.layers, inst.budget, policy=policy, **inst.kwargs())
         return
-    alloc = allocate_bits(inst.layers, inst.budget, policy=policy, **inst.kwargs())
+    try:
+        alloc = allocate_bits(inst.layers, inst.budget, policy=policy, **inst.kwargs())
+    except AllocationInfeasibleError as err:
+        assert not exact and f"policy {policy!r}" in str(err)  # a heuristic may give up, saying so
+        return
     oracle.satisfies(inst, alloc)
-    assert alloc.status == "optimal"
-    assert math.isclose(alloc.predicted_loss, best, rel_tol=1e-9, abs_tol=1e-12)
+    if exact:
+        assert alloc.status == "optimal"
+        assert math.isclose(alloc.predicted_loss, best, rel_tol=1e-9, abs_tol=1e-12)
+    else:
+        assert alloc.status == "heuristic" and alloc.predicted_loss >= best - 1e-12
 
 
 def test_pins_groups_ranges_and_float_are_honoured() -> None:
