@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from quantune.search.allocation_apply import apply_allocation
 from quantune.search.allocation_baselines import solve_greedy, solve_uniform
 from quantune.search.allocation_budget import Budget
 from quantune.search.allocation_exhaustive import solve_exhaustive
@@ -54,6 +55,7 @@ __all__ = [
     "LayerOption",
     "LayerSpec",
     "allocate_bits",
+    "apply_allocation",
 ]
 
 #: A policy maps a reduced problem and a time limit to
