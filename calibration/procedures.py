@@ -1,30 +1,48 @@
-"""Data-driven steps run after a model is quantized (bias correction, AdaQuant, BN tuning)."""
+"""Data-driven steps run after a model is quantized: AdaQuant, BN re-estimation, bias correction.
+
+Order (as in Hubara et al.'s pipeline): layer-wise calibration first (it changes the
+weights and step sizes), then BatchNorm statistics on the calibrated model, then bias
+correction, which removes whatever per-channel mean shift remains.
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from quantune.config import CalibrationProcedure
-from quantune.errors import UserInputError
 
 
-def run_procedure(qmodel: Any, prepared: Any, procedure: CalibrationProcedure) -> None:
+def run_procedure(qmodel: Any, prepared: Any, procedure: CalibrationProcedure) -> dict[str, Any]:
     """Apply the steps ``procedure`` asks for, in place, on ``qmodel``.
 
     ``prepared`` is the :class:`quantune.prepare.PreparedModel` the model came from (its
-    float model and calibration data).
+    float model, unfolded BatchNorms and calibration data). The returned log (also set
+    as ``qmodel.calibration_log``) records what each step did and how long it took.
     """
-    requested = [
-        name
-        for name, on in (
-            ("adaquant", procedure.adaquant),
-            ("bias_correction", procedure.bias_correction),
-            ("bn_reestimate", procedure.bn_reestimate),
-        )
-        if on
-    ]
-    if requested:
-        raise UserInputError(
-            f"Calibration step(s) {requested} are not available in this build; "
-            "set them to false in the config's procedure."
-        )
+    log: dict[str, Any] = {}
+    if not (procedure.adaquant or procedure.bn_reestimate or procedure.bias_correction):
+        return log
+    data = prepared.calibration_data(procedure.max_samples, procedure.seed)
+    batches = data if isinstance(data, list) else list(data)
+    show = bool(getattr(prepared, "show_progress", False))
+    if procedure.adaquant:
+        from quantune.calibration.layerwise import run_adaquant
+
+        t = time.perf_counter()
+        results = run_adaquant(qmodel, prepared.float_model, prepared.layers, batches, procedure, show_progress=show)
+        log["adaquant"] = {"layers": [r.__dict__ for r in results], "seconds": time.perf_counter() - t}
+    if procedure.bn_reestimate:
+        from quantune.calibration.bn_reestimate import reestimate_bn
+
+        t = time.perf_counter()
+        report = reestimate_bn(qmodel, getattr(prepared, "bn_modules", {}), batches)
+        log["bn_reestimate"] = {"batchnorms": report, "seconds": time.perf_counter() - t}
+    if procedure.bias_correction:
+        from quantune.calibration.bias_correction import bias_correction
+
+        t = time.perf_counter()
+        removed = bias_correction(qmodel, prepared.float_model, batches, show_progress=show)
+        log["bias_correction"] = {"shift_removed": removed, "seconds": time.perf_counter() - t}
+    qmodel.calibration_log = log
+    return log

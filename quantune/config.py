@@ -142,7 +142,7 @@ class CalibrationProcedure:
     seed: int = 0
     adaquant_time_budget_s: float | None = None
     adaquant_sequential: bool = True
-    adaquant_lr: float = 1e-2
+    adaquant_lr: float = 1e-3
     adaquant_batch_size: int = 32
     adaquant_cache_mb: int = 256
 

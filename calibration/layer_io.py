@@ -1,0 +1,145 @@
+"""Capture one layer's inputs (and float outputs) on calibration data, within a memory cap.
+
+Layer-wise calibration needs, for one layer at a time, its input in the float model,
+its input in the (partially) quantized model, and the float layer's output. The model
+is run only up to that layer: a pre-hook records the input and stops the forward pass
+by raising, so early layers cost a fraction of a full pass.
+
+Memory is bounded per layer: a seeded subset of samples (convolutions) or of rows
+(Linear layers; tokens of a sequence count as rows) is kept, sized so that the cached
+inputs plus targets fit ``cache_bytes`` whatever the size of the calibration set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from quantune.batches import run_model
+
+
+class StopForward(Exception):
+    """Raised by the capture hook once the layer's input is recorded."""
+
+
+@dataclass
+class LayerSamples:
+    """Cached inputs ``x`` and float targets ``y`` of one layer (rows of equal index match)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def capture_inputs(model: nn.Module, layer_name: str, batches: Iterable[Any]) -> Iterable[tuple[int, torch.Tensor]]:
+    """Yield ``(batch_index, input)`` of ``layer_name``'s first call on each batch.
+
+    Batches on which the layer does not run are skipped (their index is missing).
+    """
+    module = model.get_submodule(layer_name)
+    box: list[torch.Tensor] = []
+
+    def hook(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
+        box.append(inputs[0].detach())
+        raise StopForward
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(batches):
+                box.clear()
+                try:
+                    run_model(model, batch)
+                except StopForward:
+                    pass
+                if box:
+                    yield i, box[0]
+    finally:
+        handle.remove()
+
+
+def as_rows(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Linear inputs ``[..., in]`` as rows ``[M, in]``; conv inputs stay per sample."""
+    return x.reshape(-1, x.shape[-1]) if kind == "linear" else x
+
+
+class RowSelector:
+    """Seeded choice of which rows (or samples) of each batch to cache for one layer.
+
+    Each batch keeps ``ceil(fraction * rows)`` of its rows, where ``fraction`` makes the
+    expected total fit the byte budget; the choice depends only on (seed, layer index,
+    batch index), so the float and the quantized pass pick the same rows.
+    """
+
+    def __init__(self, fraction: float, seed: int, layer_index: int) -> None:
+        self.fraction = min(1.0, max(fraction, 0.0))
+        self.seed = seed
+        self.layer_index = layer_index
+
+    @classmethod
+    def for_budget(
+        cls, bytes_per_row: int, total_rows: int, cache_bytes: int, seed: int, layer_index: int
+    ) -> RowSelector:
+        max_rows = max(1, cache_bytes // max(bytes_per_row, 1))
+        return cls(max_rows / max(total_rows, 1), seed, layer_index)
+
+    def pick(self, rows: torch.Tensor, batch_index: int) -> torch.Tensor:
+        n = rows.shape[0]
+        k = min(n, max(1, math.ceil(self.fraction * n)))
+        if k == n:
+            return rows
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.layer_index * 10_007 + batch_index)
+        idx = torch.randperm(n, generator=gen)[:k].sort().values
+        return rows[idx.to(rows.device)]
+
+
+def collect_layer_samples(
+    float_model: nn.Module,
+    input_model: nn.Module,
+    layer_name: str,
+    kind: str,
+    batches: list[Any],
+    selector: RowSelector,
+) -> LayerSamples | None:
+    """Cache the layer's inputs from ``input_model`` and float targets from ``float_model``.
+
+    ``input_model`` is the partially quantized model (sequential AdaQuant) or the float
+    model itself. Targets are the float layer applied to the float model's input.
+    Returns None when the layer never runs on the data.
+    """
+    float_layer = float_model.get_submodule(layer_name)
+    ys: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for i, x in capture_inputs(float_model, layer_name, batches):
+            # forward() skips module hooks (the capture hook is still registered here).
+            y = float_layer.forward(x)
+            ys[i] = selector.pick(as_rows(y, kind), i).clone()
+    if not ys:
+        return None
+    xs: dict[int, torch.Tensor] = {}
+    for i, x in capture_inputs(input_model, layer_name, batches):
+        if i in ys:
+            xs[i] = selector.pick(as_rows(x, kind), i).clone()
+    keys = [i for i in sorted(ys) if i in xs]
+    if not keys:
+        return None
+    return LayerSamples(torch.cat([xs[i] for i in keys]), torch.cat([ys[i] for i in keys]))
+
+
+def bytes_per_row(in_shape: tuple[int, ...], out_shape: tuple[int, ...], kind: str) -> int:
+    """float32 bytes of one cached row: a Linear row, or one conv sample (input + target)."""
+    if kind == "linear":
+        return 4 * (in_shape[-1] + out_shape[-1])
+    return 4 * (math.prod(in_shape) + math.prod(out_shape))
+
+
+def rows_per_sample(in_shape: tuple[int, ...], kind: str) -> int:
+    """Linear rows per sample (tokens of a sequence); one for convolutions."""
+    return math.prod(in_shape[:-1]) if kind == "linear" and len(in_shape) > 1 else 1

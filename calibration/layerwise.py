@@ -1,0 +1,114 @@
+"""Drive AdaQuant over every quantized layer: order, data caps, time budget, progress."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from quantune.calibration.adaquant import AdaQuantResult, adaquant_layer
+from quantune.calibration.layer_io import (
+    RowSelector,
+    bytes_per_row,
+    collect_layer_samples,
+    rows_per_sample,
+)
+from torch import nn
+
+from quantune.batches import batch_size, run_model
+from quantune.capture import LayerInfo
+from quantune.config import CalibrationProcedure
+from quantune.modules import QuantizedLayer
+from quantune.progress import progress_bar
+
+
+def execution_order(model: nn.Module, names: list[str], batch: Any) -> list[str]:
+    """``names`` sorted by when each module first runs on ``batch`` (unseen ones last)."""
+    order: dict[str, int] = {}
+    modules = dict(model.named_modules())
+
+    def hook(name: str) -> Callable[..., None]:
+        def fn(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
+            order.setdefault(name, len(order))
+
+        return fn
+
+    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names if n in modules]
+    try:
+        with torch.no_grad():
+            run_model(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return sorted(names, key=lambda n: order.get(n, len(names) + names.index(n)))
+
+
+def run_adaquant(
+    qmodel: Any,
+    float_model: nn.Module,
+    layers: list[LayerInfo],
+    batches: list[Any],
+    procedure: CalibrationProcedure,
+    *,
+    show_progress: bool = False,
+) -> list[AdaQuantResult]:
+    """Calibrate every quantized layer of ``qmodel`` in execution order.
+
+    Args:
+        qmodel: the :class:`quantune.quantized_model.QuantizedModel` (updated in place;
+            it runs in simulate mode meanwhile).
+        float_model: the float model (BatchNorm folded) that gives the targets.
+        layers: descriptions of the quantizable layers (input / output shapes).
+        batches: calibration batches (already capped to ``procedure.max_samples``).
+        procedure: iterations, learning rate, batch size, cache cap, time budget, seed.
+        show_progress: show a progress bar with layers done and ETA.
+
+    Returns:
+        One :class:`AdaQuantResult` per calibrated layer.
+    """
+    qlayers: dict[str, QuantizedLayer] = qmodel.quantized_layers()
+    info = {li.name: li for li in layers}
+    names = execution_order(float_model, [n for n in info if n in qlayers], batches[0])
+    n_samples = sum(batch_size(b) for b in batches)
+    input_model = qmodel.model if procedure.adaquant_sequential else float_model
+    qmodel.set_mode("simulate")
+    budget = procedure.adaquant_time_budget_s
+    start = time.perf_counter()
+    results: list[AdaQuantResult] = []
+    bar = progress_bar(total=len(names), desc="adaquant", unit="layer", enable=show_progress)
+    try:
+        for k, name in enumerate(names):
+            deadline = None
+            if budget is not None:
+                # Spread what is left of the budget evenly over the layers left.
+                left = budget - (time.perf_counter() - start)
+                deadline = time.perf_counter() + max(left, 0.0) / (len(names) - k)
+            li = info[name]
+            selector = RowSelector.for_budget(
+                bytes_per_row(li.input_shape, li.output_shape, li.kind),
+                n_samples * rows_per_sample(li.input_shape, li.kind),
+                procedure.adaquant_cache_mb * 2**20,
+                procedure.seed,
+                k,
+            )
+            samples = collect_layer_samples(float_model, input_model, name, li.kind, batches, selector)
+            if samples is not None:
+                res = adaquant_layer(
+                    name,
+                    qlayers[name],
+                    samples,
+                    iters=procedure.adaquant_iters,
+                    lr=procedure.adaquant_lr,
+                    batch_size=procedure.adaquant_batch_size,
+                    seed=procedure.seed * 7919 + k,
+                    deadline=deadline,
+                )
+                results.append(res)
+                bar.set_postfix_str(f"{name} mse {res.mse_before:.2e}->{res.mse_after:.2e}")
+                del samples
+            bar.update(1)
+    finally:
+        bar.close()
+    return results
+
