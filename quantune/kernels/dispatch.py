@@ -1,4 +1,9 @@
-"""Backend registry and the public integer ops (linear, conv1d, conv2d)."""
+"""Backend registry and the public integer ops (linear, conv1d, conv2d).
+
+Backends register themselves lazily: the first op call imports the CPU (oneDNN) and,
+when CUDA is available, the Triton backend modules, so ``import quantune`` stays cheap
+and never touches CUDA or Triton.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from quantune.kernels import reference as ref
+from quantune.kernels.epilogue import Epilogue
 from quantune.kernels.weights import QuantizedWeight
 
 
@@ -17,8 +23,10 @@ class Backend:
 
     ``supports(op, qx, weight)`` says whether this backend handles the call (device,
     dtype, bit width, shape); ``ops`` maps op names (``linear``, ``conv2d``,
-    ``conv1d``) to functions with the signature of the public op minus ``backend``.
-    Higher ``priority`` wins under ``backend="auto"``.
+    ``conv1d``) to functions ``fn(qx, x_scale, x_zero_point, weight, bias, [geometry,]
+    epilogue)`` where ``geometry`` is ``(stride, padding, dilation, groups)`` for
+    convolutions and ``epilogue`` an :class:`Epilogue`. Higher ``priority`` wins under
+    ``backend="auto"``.
     """
 
     name: str
@@ -27,21 +35,24 @@ class Backend:
     ops: dict[str, Callable[..., torch.Tensor]]
 
 
-def _ref_linear(qx, x_scale, x_zero_point, weight, bias=None, activation=None, out_dtype=torch.float32):
+def _ref_linear(qx, x_scale, x_zero_point, weight, bias, epi: Epilogue):
     acc = ref.linear_accumulate(qx, x_zero_point, weight)
-    return ref.apply_epilogue(acc, x_scale, weight, bias, activation, acc.dim() - 1, out_dtype)
+    return ref.apply_epilogue(acc, x_scale, weight, bias, epi.activation, acc.dim() - 1,
+                              epi.out_dtype, epi.out_scale, epi.out_zero_point)
 
 
-def _ref_conv2d(qx, x_scale, x_zero_point, weight, bias=None, stride=(1, 1), padding=(0, 0),
-                dilation=(1, 1), groups=1, activation=None, out_dtype=torch.float32):
+def _ref_conv2d(qx, x_scale, x_zero_point, weight, bias, stride, padding, dilation, groups,
+                epi: Epilogue):
     acc = ref.conv2d_accumulate(qx, x_zero_point, weight, stride, padding, dilation, groups)
-    return ref.apply_epilogue(acc, x_scale, weight, bias, activation, 1, out_dtype)
+    return ref.apply_epilogue(acc, x_scale, weight, bias, epi.activation, 1, epi.out_dtype,
+                              epi.out_scale, epi.out_zero_point)
 
 
-def _ref_conv1d(qx, x_scale, x_zero_point, weight, bias=None, stride=1, padding=0, dilation=1,
-                groups=1, activation=None, out_dtype=torch.float32):
+def _ref_conv1d(qx, x_scale, x_zero_point, weight, bias, stride, padding, dilation, groups,
+                epi: Epilogue):
     acc = ref.conv1d_accumulate(qx, x_zero_point, weight, stride, padding, dilation, groups)
-    return ref.apply_epilogue(acc, x_scale, weight, bias, activation, 1, out_dtype)
+    return ref.apply_epilogue(acc, x_scale, weight, bias, epi.activation, 1, epi.out_dtype,
+                              epi.out_scale, epi.out_zero_point)
 
 
 _REGISTRY: dict[str, Backend] = {
@@ -52,6 +63,22 @@ _REGISTRY: dict[str, Backend] = {
         ops={"linear": _ref_linear, "conv2d": _ref_conv2d, "conv1d": _ref_conv1d},
     )
 }
+_LOADED = False
+
+
+def _load_builtin_backends() -> None:
+    """Import the built-in fast backends once; each registers itself if usable here."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from quantune.kernels import cpu_backend
+
+    cpu_backend.register()
+    if torch.cuda.is_available():
+        from quantune.kernels import cuda_backend
+
+        cuda_backend.register()
 
 
 def register_backend(backend: Backend) -> None:
@@ -61,10 +88,13 @@ def register_backend(backend: Backend) -> None:
 
 def available_backends() -> list[str]:
     """Registered backend names, fastest first."""
+    _load_builtin_backends()
     return [b.name for b in sorted(_REGISTRY.values(), key=lambda b: -b.priority)]
 
 
-def _select(op: str, backend: str, qx: torch.Tensor, weight: QuantizedWeight) -> Callable[..., torch.Tensor]:
+def select(op: str, backend: str, qx: torch.Tensor, weight: QuantizedWeight) -> Callable[..., torch.Tensor]:
+    """The implementation of ``op`` that ``backend`` (or ``auto``) picks for this call."""
+    _load_builtin_backends()
     if backend != "auto":
         if backend not in _REGISTRY:
             raise ValueError(f"Unknown kernel backend {backend!r}; available: {available_backends()}.")
@@ -78,6 +108,20 @@ def _select(op: str, backend: str, qx: torch.Tensor, weight: QuantizedWeight) ->
     raise RuntimeError(f"No backend supports {op}.")  # unreachable: reference supports all
 
 
+def selected_backend(op: str, qx: torch.Tensor, weight: QuantizedWeight) -> str:
+    """Name of the backend ``auto`` would run this call on (for reports and tests)."""
+    _load_builtin_backends()
+    for b in sorted(_REGISTRY.values(), key=lambda b: -b.priority):
+        if op in b.ops and b.supports(op, qx, weight):
+            return b.name
+    return "reference"
+
+
+def _epilogue(activation, out_dtype, out_scale, out_zero_point) -> Epilogue:
+    return Epilogue(activation, out_dtype, 1.0 if out_scale is None else float(out_scale),
+                    int(out_zero_point))
+
+
 def linear(
     qx: torch.Tensor,
     x_scale: float,
@@ -87,20 +131,27 @@ def linear(
     activation: str | None = None,
     out_dtype: torch.dtype = torch.float32,
     backend: str = "auto",
+    out_scale: float | None = None,
+    out_zero_point: int = 0,
 ) -> torch.Tensor:
     """Integer linear layer: ``act((qx - zx) @ (qw - zw)^T * sx * sw + bias)``.
 
     Args:
-        qx: integer activation codes ``[..., K]`` (any integer dtype).
+        qx: integer activation codes ``[..., K]`` (uint8 is the fast path on CPU).
         x_scale, x_zero_point: the activation quantization parameters.
         weight: codes ``[N, K]`` with per-channel or per-tensor scale.
         bias: float ``[N]`` or None.
         activation: None, ``relu``, ``relu6`` or ``clamp:<lo>:<hi>``, fused in the epilogue.
-        out_dtype: float32 or bfloat16.
+        out_dtype: float32 / bfloat16, or uint8 / int8 to requantize the output.
         backend: ``auto`` or a name from :func:`available_backends`.
+        out_scale, out_zero_point: quantization of an 8-bit output.
+
+    Returns:
+        ``[..., N]`` in ``out_dtype``.
     """
-    fn = _select("linear", backend, qx, weight)
-    return fn(qx, x_scale, x_zero_point, weight, bias, activation, out_dtype)
+    epi = _epilogue(activation, out_dtype, out_scale, out_zero_point)
+    fn = select("linear", backend, qx, weight)
+    return fn(qx, float(x_scale), int(x_zero_point), weight, bias, epi)
 
 
 def conv2d(
@@ -116,11 +167,18 @@ def conv2d(
     activation: str | None = None,
     out_dtype: torch.dtype = torch.float32,
     backend: str = "auto",
+    out_scale: float | None = None,
+    out_zero_point: int = 0,
 ) -> torch.Tensor:
-    """Integer 2-D convolution over NCHW codes (zero-point padding), fused epilogue."""
-    fn = _select("conv2d", backend, qx, weight)
-    return fn(qx, x_scale, x_zero_point, weight, bias, stride, padding, dilation, groups,
-              activation, out_dtype)
+    """Integer 2-D convolution over NCHW codes (zero-point padding), fused epilogue.
+
+    Channels-last inputs are the fast path on CPU; the output keeps the input's memory
+    format where the backend allows it.
+    """
+    epi = _epilogue(activation, out_dtype, out_scale, out_zero_point)
+    fn = select("conv2d", backend, qx, weight)
+    return fn(qx, float(x_scale), int(x_zero_point), weight, bias, tuple(stride), tuple(padding),
+              tuple(dilation), int(groups), epi)
 
 
 def conv1d(
@@ -136,8 +194,11 @@ def conv1d(
     activation: str | None = None,
     out_dtype: torch.dtype = torch.float32,
     backend: str = "auto",
+    out_scale: float | None = None,
+    out_zero_point: int = 0,
 ) -> torch.Tensor:
     """Integer 1-D convolution over NCL codes, fused epilogue."""
-    fn = _select("conv1d", backend, qx, weight)
-    return fn(qx, x_scale, x_zero_point, weight, bias, stride, padding, dilation, groups,
-              activation, out_dtype)
+    epi = _epilogue(activation, out_dtype, out_scale, out_zero_point)
+    fn = select("conv1d", backend, qx, weight)
+    return fn(qx, float(x_scale), int(x_zero_point), weight, bias, int(stride), int(padding),
+              int(dilation), int(groups), epi)

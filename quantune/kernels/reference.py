@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from quantune.kernels.epilogue import Epilogue, clamp_bounds, requantize
 from quantune.kernels.weights import QuantizedWeight
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
@@ -86,27 +87,29 @@ def apply_epilogue(
     activation: str | None,
     channel_dim: int,
     out_dtype: torch.dtype = torch.float32,
+    out_scale: float = 1.0,
+    out_zero_point: int = 0,
 ) -> torch.Tensor:
-    """Dequantize (``acc * x_scale * w_scale[n]``), add bias, apply the activation."""
+    """Dequantize (``acc * x_scale * w_scale[n]``), add bias, apply the activation.
+
+    8-bit ``out_dtype`` (uint8 / int8) requantizes the result with ``out_scale`` and
+    ``out_zero_point``; float dtypes return the dequantized values.
+    """
+    epi = Epilogue(activation, out_dtype, out_scale, out_zero_point)
     shape = [1] * acc.dim()
     shape[channel_dim] = -1
-    mult = (weight.per_channel_scale() * float(x_scale)).reshape(shape)
+    mult = (weight.per_channel_scale().to(acc.device) * float(x_scale)).reshape(shape)
     y = acc.to(torch.float32) * mult
     if bias is not None:
         y = y + bias.to(torch.float32).reshape(shape)
     y = apply_activation(y, activation)
-    return y.to(out_dtype)
+    return requantize(y, epi) if epi.requantize else y.to(out_dtype)
 
 
 def apply_activation(y: torch.Tensor, activation: str | None) -> torch.Tensor:
     """The epilogue's activations: None, ``relu``, ``relu6`` or ``clamp:<lo>:<hi>``."""
-    if activation is None:
+    bounds = clamp_bounds(activation)
+    if bounds is None:
         return y
-    if activation == "relu":
-        return torch.relu(y)
-    if activation == "relu6":
-        return torch.clamp(y, 0.0, 6.0)
-    if activation.startswith("clamp:"):
-        _, lo, hi = activation.split(":")
-        return torch.clamp(y, float(lo), float(hi))
-    raise ValueError(f"Unknown epilogue activation {activation!r}.")
+    lo, hi = bounds
+    return torch.relu(y) if hi == float("inf") and lo == 0.0 else torch.clamp(y, lo, hi)

@@ -1,0 +1,62 @@
+"""Shared timing helper for the benchmarks: interleaved medians on a noisy shared CPU.
+
+The machines these benchmarks run on are shared, so load changes while a benchmark
+runs. Timing each method in its own block lets a burst of load land on one method only
+and corrupts the ratios. :func:`time_interleaved` instead runs the methods round-robin
+(one call of each per round) after a warm-up, and reports each method's median over
+the rounds: every method sees the same load, so ratios measured in one call are fair
+even when absolute times drift.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[], object]],
+    *,
+    min_rounds: int = 7,
+    max_rounds: int = 200,
+    budget_s: float = 2.0,
+    warmup: int = 3,
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Median milliseconds of each callable, timed round-robin.
+
+    Args:
+        fns: name -> zero-argument callable (one call = one timed sample).
+        min_rounds: at least this many samples per method.
+        max_rounds: at most this many samples per method.
+        budget_s: stop adding rounds once this much wall time is spent (after
+            ``min_rounds``), so big shapes do not hog a shared machine.
+        warmup: untimed calls of each method first (prepacking, caches, JIT).
+        device: ``cpu`` or ``cuda`` (synchronizes around each sample).
+
+    Returns:
+        name -> median milliseconds.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    for r in range(max_rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[name].append(time.perf_counter() - t0)
+        if r + 1 >= min_rounds and time.perf_counter() - start > budget_s:
+            break
+    return {name: statistics.median(s) * 1e3 for name, s in samples.items()}
