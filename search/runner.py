@@ -104,6 +104,7 @@ def run_search(
         options.setdefault("threshold", target.threshold(dirs[0]))
     if sampler is None:
         sampler = make_sampler(strategy, space, seed=seed, options=options)
+    # Optuna logs every trial at INFO; quantune shows its own progress bar instead.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(
         storage=storage,

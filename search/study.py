@@ -21,6 +21,7 @@ never finished, so it must neither block its configuration forever nor be counte
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -61,11 +62,14 @@ def open_study(
             raise UserInputError(
                 "heartbeat_interval_s needs an RDB storage URL (sqlite:///..., postgresql://...)"
             )
-        storage = optuna.storages.RDBStorage(
-            storage,
-            heartbeat_interval=int(heartbeat_interval_s),
-            grace_period=2 * int(heartbeat_interval_s),
-        )
+        with warnings.catch_warnings():
+            # Heartbeats are "experimental" in Optuna's API, stable in behaviour since 2.9.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                storage,
+                heartbeat_interval=int(heartbeat_interval_s),
+                grace_period=2 * int(heartbeat_interval_s),
+            )
     name = study_name or DEFAULT_STUDY_NAME
     study = optuna.create_study(
         storage=storage,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 from quantune.search.pruning import BestSoFarPruner, TrialHandle
@@ -129,6 +130,33 @@ def test_repeated_proposals_are_answered_from_the_study() -> None:
     result = run_search(space, objective, strategy="tpe", n_trials=50, seed=0)
     assert sorted(calls) == [0, 1, 2]  # each configuration evaluated once
     assert result.stop_reason == "exhausted"
+
+
+def test_timeout_stops_the_search_and_keeps_the_best() -> None:
+    def slow(c: dict) -> float:
+        time.sleep(0.05)
+        return _metric(c)
+
+    result = run_search(_space(), slow, strategy="random", n_trials=None, timeout_s=0.3, seed=0)
+    assert result.stop_reason == "timeout"
+    assert 1 <= result.n_evaluations < 24 and result.best is not None
+
+
+def test_heartbeat_mode_for_shared_rdb_storages(tmp_path) -> None:
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    result = run_search(_space(), _metric, strategy="random", n_trials=2, seed=0,
+                        storage=storage, study_name="w", heartbeat_interval_s=30)
+    assert result.n_evaluations == 2
+    with pytest.raises(UserInputError, match="RDB"):
+        run_search(_space(), _metric, n_trials=1, heartbeat_interval_s=30)
+
+
+def test_resuming_with_other_directions_is_refused(tmp_path) -> None:
+    storage = f"sqlite:///{tmp_path / 'dirs.db'}"
+    run_search(_space(), _metric, strategy="random", n_trials=1, storage=storage, study_name="d")
+    with pytest.raises(UserInputError, match="directions"):
+        run_search(_space(), lambda c: (1.0, 2.0), strategy="random", n_trials=2,
+                   storage=storage, study_name="d", directions=("maximize", "minimize"))
 
 
 def test_bad_arguments_raise_user_errors() -> None:
