@@ -1,0 +1,44 @@
+"""Shared fixtures of the calibration tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    # The test machines are shared: one intra-op thread avoids oversubscribed OpenMP
+    # spinning (10-30x slowdowns of small tensor ops) and keeps results reproducible.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small_cnn(seed: int = 0) -> tuple[nn.Module, list[torch.Tensor]]:
+    """Conv-BN-ReLU x3 (one depthwise) + Linear, with BatchNorm statistics fitted to the data."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )
+    data = [torch.randn(16, 3, 12, 12) for _ in range(6)]
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # cumulative average: exact statistics of the data
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    model.train()
+    with torch.no_grad():
+        for b in data:
+            model(b)
+    return model.eval(), data
+
+
+@pytest.fixture
+def cnn() -> tuple[nn.Module, list[torch.Tensor]]:
+    return small_cnn()
