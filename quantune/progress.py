@@ -43,3 +43,16 @@ def progress_bar(total: int | None = None, desc: str = "", unit: str = "it", ena
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+class suppressed:
+    """Context manager silencing new progress bars (e.g. per-trial bars under a search bar)."""
+
+    def __enter__(self) -> None:
+        global _QUIET
+        self._previous = _QUIET
+        _QUIET = True
+
+    def __exit__(self, *exc: Any) -> None:
+        global _QUIET
+        _QUIET = self._previous

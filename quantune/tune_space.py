@@ -1,0 +1,148 @@
+"""The PTQ search space: which dimensions quantune searches and how a point becomes a QuantConfig.
+
+A point is a plain dict (``{"w_bits": 4, "a_method": "entropy", ...}``) so the search
+engine stays model-independent. Users extend or restrict the space by passing their own
+``dimensions`` mapping (name -> allowed values) to :func:`ptq_space`; unknown names are
+rejected, missing ones take the default value listed in ``DEFAULTS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from quantune.config import (
+    ActQuant,
+    CalibrationProcedure,
+    LayerQuantConfig,
+    QuantConfig,
+    WeightQuant,
+)
+from quantune.errors import UserInputError
+
+# Dimension -> (values searched by default, value used when the dimension is fixed).
+# Activation methods are "name" or "percentile:<p>".
+DEFAULT_DIMENSIONS: dict[str, tuple[Any, ...]] = {
+    "w_bits": (8, 6, 4),
+    "a_bits": (8,),
+    "w_granularity": ("per_channel", "per_tensor"),
+    "w_method": ("minmax", "mse"),
+    "a_method": ("minmax", "percentile:99.99", "percentile:99.999", "entropy", "mse", "aciq"),
+    "a_symmetric": (False, True),
+    "first_last_8bit": (True, False),
+    "bias_correction": (False, True),
+    "adaquant": (False, True),
+    "calib_samples": (None,),
+    "float_fallback": (0,),
+}
+ORDINAL = {"w_bits", "a_bits", "float_fallback"}
+DEFAULTS: dict[str, Any] = {
+    "w_bits": 8,
+    "a_bits": 8,
+    "w_granularity": "per_channel",
+    "w_method": "minmax",
+    "a_method": "minmax",
+    "a_symmetric": False,
+    "first_last_8bit": True,
+    "bias_correction": False,
+    "adaquant": False,
+    "calib_samples": None,
+    "float_fallback": 0,
+}
+# A small space for quick runs (the bundled example's default sweep).
+QUICK_DIMENSIONS: dict[str, tuple[Any, ...]] = {
+    "w_bits": (8, 4),
+    "w_granularity": ("per_channel", "per_tensor"),
+    "a_method": ("minmax", "percentile:99.99", "entropy", "mse"),
+    "bias_correction": (False, True),
+}
+
+
+def ptq_space(dimensions: Mapping[str, Sequence[Any]] | None = None) -> Any:
+    """A :class:`quantune.search.space.SearchSpace` over PTQ configurations.
+
+    Args:
+        dimensions: name -> values; None gives ``DEFAULT_DIMENSIONS``. Dimensions with a
+            single value are fixed.
+    """
+    from quantune.search.space import SearchSpace, categorical, ordinal
+
+    dims = dict(DEFAULT_DIMENSIONS if dimensions is None else dimensions)
+    unknown = set(dims) - set(DEFAULTS)
+    if unknown:
+        raise UserInputError(f"Unknown search dimension(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}.")
+    out = []
+    for name, values in dims.items():
+        values = tuple(values)
+        if not values:
+            raise UserInputError(f"Search dimension {name!r} has no values.")
+        out.append(ordinal(name, values) if name in ORDINAL else categorical(name, values))
+    return SearchSpace(out)
+
+
+def _act(method: str, bits: int, symmetric: bool) -> ActQuant:
+    if method.startswith("percentile:"):
+        return ActQuant(bits=bits, symmetric=symmetric, method="percentile", percentile=float(method.split(":", 1)[1]))
+    return ActQuant(bits=bits, symmetric=symmetric, method=method)
+
+
+def point_to_config(
+    point: Mapping[str, Any],
+    layer_names: Sequence[str],
+    sensitivity_order: Sequence[str] = (),
+    seed: int = 0,
+) -> QuantConfig:
+    """The :class:`QuantConfig` of a search point for a model with ``layer_names``.
+
+    Args:
+        point: the search point; missing dimensions take ``DEFAULTS``.
+        layer_names: quantizable layers in execution order (first and last matter).
+        sensitivity_order: layer names, most sensitive first, for ``float_fallback``.
+        seed: calibration seed.
+    """
+    p = {**DEFAULTS, **point}
+    layer = LayerQuantConfig(
+        weight=WeightQuant(bits=int(p["w_bits"]), granularity=p["w_granularity"], method=p["w_method"]),
+        activation=_act(str(p["a_method"]), int(p["a_bits"]), bool(p["a_symmetric"])),
+    )
+    overrides: dict[str, LayerQuantConfig | None] = {}
+    if p["first_last_8bit"] and layer_names and (layer.weight.bits < 8 or layer.activation.bits < 8):  # type: ignore[union-attr]
+        edge = LayerQuantConfig(
+            weight=WeightQuant(bits=8, granularity=p["w_granularity"], method=p["w_method"]),
+            activation=_act(str(p["a_method"]), 8, bool(p["a_symmetric"])),
+        )
+        for name in {layer_names[0], layer_names[-1]}:
+            overrides[name] = edge
+    n_fallback = int(p["float_fallback"])
+    if n_fallback > 0:
+        if len(sensitivity_order) < n_fallback:
+            raise UserInputError("float_fallback needs a per-layer sensitivity ranking.")
+        for name in sensitivity_order[:n_fallback]:
+            overrides[name] = None
+    procedure = CalibrationProcedure(
+        max_samples=p["calib_samples"],
+        bias_correction=bool(p["bias_correction"]),
+        adaquant=bool(p["adaquant"]),
+        seed=seed,
+    )
+    return QuantConfig(default=layer, overrides=tuple(overrides.items()), procedure=procedure)
+
+
+def describe_point(point: Mapping[str, Any]) -> str:
+    """A compact human label of a point, e.g. ``W4A8 pc mse a=entropy +bc``."""
+    p = {**DEFAULTS, **point}
+    parts = [f"W{p['w_bits']}A{p['a_bits']}", "pc" if p["w_granularity"] == "per_channel" else "pt"]
+    if p["w_method"] != "minmax":
+        parts.append(f"w={p['w_method']}")
+    parts.append(f"a={str(p['a_method']).replace('percentile:', 'p')}" + ("/sym" if p["a_symmetric"] else ""))
+    if not p["first_last_8bit"] and p["w_bits"] < 8:
+        parts.append("edges-low")
+    if p["bias_correction"]:
+        parts.append("+bc")
+    if p["adaquant"]:
+        parts.append("+adaquant")
+    if p["float_fallback"]:
+        parts.append(f"fp{p['float_fallback']}")
+    if p["calib_samples"]:
+        parts.append(f"n={p['calib_samples']}")
+    return " ".join(parts)
