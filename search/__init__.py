@@ -36,7 +36,6 @@ _LAZY = {
     "BestSoFarPruner": "quantune.search.pruning",
     "Pruned": "quantune.search.pruning",
     "Landscape": "quantune.search.replay",
-    "replay": "quantune.search.replay",
 }
 
 __all__ = sorted(_LAZY)
