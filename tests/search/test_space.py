@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from quantune.search.neighbourhood import mutate, neighbours, project
 from quantune.search.space import SearchSpace, categorical, config_key, ordinal
 
@@ -103,3 +105,30 @@ def test_projection_and_mutation_stay_on_candidates() -> None:
     # No candidate is within 0.25 of (0, 0): the nearest ones (0.5 away) are returned.
     near = neighbours(space, {"a": 0, "b": 0}, radius=0.25)
     assert sorted((c["a"], c["b"]) for c in near) == [(0, 2), (1, 1), (2, 0)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=4), min_size=1, max_size=4),
+    kinds=st.lists(st.sampled_from(["categorical", "ordinal"]), min_size=4, max_size=4),
+    seed=st.integers(min_value=0, max_value=2**16),
+)
+def test_space_invariants(sizes: list[int], kinds: list[str], seed: int) -> None:
+    dims = [
+        ordinal(f"d{i}", [2**j for j in range(n)]) if kinds[i] == "ordinal"
+        else categorical(f"d{i}", [f"v{j}" for j in range(n)])
+        for i, n in enumerate(sizes)
+    ]
+    space = SearchSpace(dims)
+    configs = list(space.enumerate())
+    assert len(configs) == space.size == int(np.prod(sizes))
+    features = space.encode_many(configs)
+    assert features.shape == (space.size, space.n_features)
+    assert len({row.tobytes() for row in features}) == space.size  # encoding is injective
+    rng = np.random.default_rng(seed)
+    origin = configs[int(rng.integers(space.size))]
+    assert project(space, origin, rng) == origin
+    near = neighbours(space, origin)
+    assert all(space.contains(c) and c != origin for c in near)
+    assert len({config_key(c) for c in near}) == len(near)
+    assert space.contains(mutate(space, origin, rng, n_changes=2))
