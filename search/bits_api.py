@@ -1,0 +1,214 @@
+"""Model-level bit allocation: measure sensitivities, then solve the integer program.
+
+>>> import quantune
+>>> from quantune.search.bits_api import allocate_bits
+>>> from quantune.search.allocation import apply_allocation
+>>> allocation = allocate_bits(model, calib, budget="avg-bits=4.5", pins={"conv1": 8})  # doctest: +SKIP
+>>> print(allocation.to_table())                                                     # doctest: +SKIP
+>>> qmodel = quantune.quantize(model, apply_allocation(allocation), calib)           # doctest: +SKIP
+
+Each call reuses cached sensitivities (see :mod:`quantune.search.sensitivity_cache`), so
+allocating the same model under several budgets measures once. Pass a
+:class:`~quantune.prepare.PreparedModel` instead of a module to skip re-preparing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quantune.search.allocation import Allocation, Budget
+from quantune.search.allocation import _as_budget as as_budget
+from quantune.search.allocation import allocate_bits as allocate_from_specs
+from quantune.search.allocation_names import match_names
+from quantune.search.allocation_problem import BitRange, PinValue
+from quantune.search.latency_table import measure_latency
+from quantune.search.sensitivity import DEFAULT_MAX_SAMPLES, measure_sensitivity
+from quantune.search.sensitivity_table import Candidates, SensitivityTable
+from torch import nn
+
+from quantune.config import QuantConfig
+from quantune.errors import UserInputError
+from quantune.prepare import PreparedModel, prepare
+
+
+@dataclass(frozen=True)
+class AllocationOptions:
+    """How :func:`allocate_bits` measures and allocates (every field has a default).
+
+    Attributes:
+        weight_bits: Candidate weight widths.
+        act_bits: Candidate activation widths.
+        cross: ``additive`` (measure the two axes, derive the other cells) or ``full``.
+        proxy: Sensitivity proxy: ``loss``, ``output_mse`` or ``hessian``.
+        loss: ``auto``, ``ce``, ``kl``, ``cosine`` or ``mse``.
+        policy: ``ilp`` (exact), ``greedy`` or ``uniform`` (baselines).
+        bit_ranges: ``{layer or "re:..": (min_w_bits, max_w_bits)}``.
+        groups: Layers that must share widths (e.g. q/k/v projections).
+        keep_float: Layers kept float.
+        base_config: Schemes, range methods and procedure of every layer; the allocation
+            only changes widths (default ``QuantConfig()``).
+        max_samples: Calibration samples the sensitivity is measured on.
+        seed: Seed of the sample subset and of the Hessian probes.
+        cache_path: JSON file persisting the sensitivities.
+        storage: Optuna storage URL persisting them in the study storage.
+        latency: Measure the per-layer latency table; ``None`` measures it only when
+            the budget has ``latency_ms``.
+        latency_batch_size: Inputs per timed layer call.
+        monotone: Never let fewer bits look better than more (removes measurement noise).
+        hessian_probes: Hutchinson probes per batch for the ``hessian`` proxy.
+        solver_time_limit_s: CBC time limit.
+        show_progress: Progress bars with ETA.
+    """
+
+    weight_bits: tuple[int, ...] = (2, 3, 4, 6, 8)
+    act_bits: tuple[int, ...] = (4, 8)
+    cross: str = "additive"
+    proxy: str = "loss"
+    loss: str = "auto"
+    policy: str = "ilp"
+    bit_ranges: Mapping[str, BitRange] | None = None
+    groups: tuple[tuple[str, ...], ...] = ()
+    keep_float: tuple[str, ...] = ()
+    base_config: QuantConfig | None = None
+    max_samples: int | None = DEFAULT_MAX_SAMPLES
+    seed: int = 0
+    cache_path: str | Path | None = None
+    storage: str | None = None
+    latency: bool | None = None
+    latency_batch_size: int = 1
+    monotone: bool = True
+    hessian_probes: int = 4
+    solver_time_limit_s: float = 60.0
+    show_progress: bool = True
+
+    @property
+    def candidates(self) -> Candidates:
+        return Candidates(tuple(self.weight_bits), tuple(self.act_bits), self.cross)
+
+    def replace(self, **changes: Any) -> AllocationOptions:
+        """A copy with fields changed; an unknown name is a clear error."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise UserInputError(f"unknown allocation option(s) {unknown}; known: {sorted(known)}")
+        if "groups" in changes:
+            changes["groups"] = tuple(tuple(g) for g in changes["groups"] or ())
+        if "keep_float" in changes:
+            changes["keep_float"] = tuple(changes["keep_float"] or ())
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ModelAllocation(Allocation):
+    """An :class:`Allocation` of a real model, with how its sensitivities were measured.
+
+    Attributes:
+        measurement: Proxy, loss, candidates, samples, cells measured / cached, seconds.
+        sensitivity: The full table the allocation was solved over (not serialized).
+    """
+
+    measurement: Mapping[str, Any] = field(default_factory=dict)
+    sensitivity: SensitivityTable | None = field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, object]:
+        data = super().to_dict()
+        data["measurement"] = dict(self.measurement)
+        return data
+
+    def to_table(self) -> str:
+        m = self.measurement
+        return (super().to_table() + f"\nsensitivity proxy {m.get('proxy')} (loss {m.get('loss')}), "
+                f"{m.get('n_samples')} samples, {m.get('measured')} cells measured, "
+                f"{m.get('cached')} from cache")
+
+
+def _layer_rows(prepared: PreparedModel) -> list[tuple[str, int, int]]:
+    # The allocator counts weight elements (size and average bits are about weights);
+    # the bias stays float32 and is the same under every allocation.
+    return [(info.name, info.weight_elements, info.macs) for info in prepared.layers]
+
+
+def _needs_latency(options: AllocationOptions, budget: Budget) -> bool:
+    return options.latency if options.latency is not None else budget.latency_ms is not None
+
+
+def allocate_bits(
+    model: nn.Module | PreparedModel,
+    calib_data: Iterable[Any] | None = None,
+    budget: Budget | str | Mapping[str, float] | None = None,
+    *,
+    pins: Mapping[str, PinValue] | None = None,
+    options: AllocationOptions | None = None,
+    **kwargs: Any,
+) -> ModelAllocation:
+    """Per-layer bit widths of least predicted loss under a budget.
+
+    Args:
+        model: The float model, or a :class:`PreparedModel` (then ``calib_data`` may be
+            ``None``).
+        calib_data: Calibration batches (labelled ``(inputs, labels)`` batches make the
+            sensitivity measure the task loss).
+        budget: A :class:`Budget`, ``"avg-bits=4.5,size=2MB,bops=3G,latency-ms=4"`` or a
+            dict; ``None`` is unconstrained (every layer at its best width).
+        pins: ``{layer: bits}``: an int, a ``(w_bits, a_bits)`` pair or ``"float"``.
+        options: :class:`AllocationOptions`; keyword arguments override its fields
+            (``allocate_bits(m, data, "avg-bits=4", proxy="hessian")``).
+
+    Returns:
+        A :class:`ModelAllocation` (per-layer widths, predicted loss, size, BOPs,
+        estimated latency); apply it with
+        ``quantune.quantize(model, apply_allocation(allocation, base_config), calib)``.
+
+    Raises:
+        AllocationInfeasibleError: The budget cannot be met; the error names the binding
+            constraint and its smallest feasible value.
+        UserInputError: Bad options, pins or names.
+    """
+    options = (options or AllocationOptions()).replace(**kwargs)
+    budget = as_budget(budget)
+    if isinstance(model, PreparedModel):
+        prepared = model
+    else:
+        if calib_data is None:
+            raise UserInputError("allocate_bits needs calibration data (an iterable of batches)")
+        prepared = prepare(model, calib_data, show_progress=options.show_progress)
+    table = measure_sensitivity(
+        prepared, candidates=options.candidates, proxy=options.proxy, loss=options.loss,
+        base_config=options.base_config, max_samples=options.max_samples, seed=options.seed,
+        cache_path=options.cache_path, storage=options.storage,
+        hessian_probes=options.hessian_probes, show_progress=options.show_progress)
+    latency = None
+    if _needs_latency(options, budget):
+        latency = measure_latency(prepared, options.candidates.cells(), base_config=options.base_config,
+                                  batch_size=options.latency_batch_size, show_progress=options.show_progress)
+    specs = table.layer_specs(_layer_rows(prepared), latency=latency,
+                              keep_float=_expand(options.keep_float, prepared.layer_names),
+                              monotone=options.monotone)
+    result = allocate_from_specs(
+        specs, budget, pins=pins, bit_ranges=options.bit_ranges, groups=options.groups,
+        keep_float=options.keep_float, policy=options.policy,
+        solver_time_limit_s=options.solver_time_limit_s)
+    return with_measurement(result, table)
+
+
+def _expand(patterns: Iterable[str], names: list[str]) -> list[str]:
+    return [names[i] for p in patterns for i in match_names(p, names)]
+
+
+def with_measurement(allocation: Allocation, table: SensitivityTable) -> ModelAllocation:
+    """Attach the sensitivity table's provenance to an allocation."""
+    fields = {f.name: getattr(allocation, f.name) for f in dataclasses.fields(Allocation)}
+    measurement = {
+        "proxy": table.proxy, "loss": table.loss, "weight_bits": list(table.candidates.weight_bits),
+        "act_bits": list(table.candidates.act_bits), "cross": table.candidates.cross,
+        "n_samples": table.n_samples, "measured": table.measured, "cached": table.cached,
+        "seconds": round(table.seconds, 3),
+    }
+    return ModelAllocation(**fields, measurement=measurement, sensitivity=table)
+
+
+__all__ = ["AllocationOptions", "ModelAllocation", "allocate_bits", "with_measurement"]
