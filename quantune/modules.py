@@ -19,6 +19,8 @@ from torch import nn
 from quantune import kernels
 from quantune.config import ActQuant, LayerQuantConfig, WeightQuant
 from quantune.errors import UserInputError
+from quantune.kernels.decide import PathDecision, measure_paths
+from quantune.kernels.dispatch import selected_backend
 from quantune.kernels.weights import QuantizedWeight
 from quantune.quantizer import fake_quantize, qrange, quantize, symmetric_qrange
 
@@ -73,9 +75,37 @@ class QuantizedLayer(nn.Module):
         self.register_buffer("w_zero_point", torch.zeros(w_shape, dtype=torch.int32))
         self.register_buffer("a_scale", torch.ones(()))
         self.register_buffer("a_zero_point", torch.zeros((), dtype=torch.int32))
-        self.mode = "simulate"
-        self.backend = "auto"
+        self._mode = "simulate"
+        self._backend = "auto"
         self._codes_cache: tuple[tuple[int, int, int], QuantizedWeight] | None = None
+        self._act_cache: tuple[tuple[int, int], tuple[float, int]] | None = None
+        self._float_w_cache: tuple[tuple[int, int, int], torch.Tensor] | None = None
+        #: How integer mode runs this layer (path, backend, measured latencies), set
+        #: on the first integer forward; readable for reports.
+        self.integer_decision: PathDecision | None = None
+
+    @property
+    def backend(self) -> str:
+        """Kernel backend of the integer path (``auto`` picks the fastest that supports it)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend: str) -> None:
+        self._backend = backend
+        self.integer_decision = None  # re-decided on the next integer forward
+
+    @property
+    def mode(self) -> str:
+        """``float``, ``simulate`` or ``integer``; switching to integer prepacks the weight."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self._mode = mode
+        if mode == "integer" and self.a_qrange is not None:
+            self.prepack()
 
     # ---- quantization parameters --------------------------------------------------------
     @property
@@ -145,17 +175,98 @@ class QuantizedLayer(nn.Module):
         q = quantize(x, self.a_scale, self.a_zero_point, lo, hi)
         return q.to(torch.uint8 if lo >= 0 else torch.int8)
 
+    def _act_params(self) -> tuple[float, int]:
+        # Python scalars of the activation qparams, cached: .item() per call adds up
+        # over hundreds of layers.
+        key = (self.a_scale._version, self.a_zero_point._version)
+        if self._act_cache is None or self._act_cache[0] != key:
+            self._act_cache = (key, (float(self.a_scale), int(self.a_zero_point)))
+        return self._act_cache[1]
+
+    def quantize_input_u8(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Activation codes as uint8 plus their zero point, in few fused in-place passes.
+
+        Signed grids are shifted by +128 (codes and zero point alike), which leaves
+        ``q - zero_point`` unchanged: the CPU kernels' fast path wants unsigned codes.
+        The arithmetic is :func:`quantize`'s (``round(x / s) + z``, clamped), so the
+        codes equal :meth:`quantize_input`'s exactly.
+        """
+        lo, hi = self.a_qrange  # type: ignore[misc]
+        sx, zx = self._act_params()
+        shift = 128 if lo < 0 else 0
+        q = torch.div(x.float(), self.a_scale)
+        q.round_().add_(zx + shift).clamp_(lo + shift, hi + shift)
+        return q.to(torch.uint8), zx + shift
+
+    def prepack(self) -> None:
+        """Quantize the weight and pack it for the kernel backend now (not on first use).
+
+        Runs the integer op once on a minimal input, which makes the selected backend
+        build and cache its packed layout (``QuantizedWeight.backend_cache``).
+        """
+        qw = self.quantized_weight()
+        sx, zx = self._act_params()
+        lo, _ = self.a_qrange  # type: ignore[misc]
+        zx_u8 = zx + (128 if lo < 0 else 0)
+        with torch.no_grad():
+            if self.kind == "linear":
+                shape: tuple[int, ...] = (1, self.weight.shape[1])
+            else:
+                spatial = [d * (k - 1) + 1 for k, d in zip(self.weight.shape[2:], self.dilation, strict=True)]
+                shape = (1, self.weight.shape[1] * self.groups, *spatial)
+            qx = torch.full(shape, zx_u8, dtype=torch.uint8, device=self.weight.device)
+            self._run_integer(qx, sx, zx_u8, qw, torch.float32)
+
+    def _is_depthwise(self) -> bool:
+        return self.kind != "linear" and self.groups > 1 and self.weight.shape[1] == 1
+
+    def _float_weight(self) -> torch.Tensor:
+        key = (self.weight._version, self.w_scale._version, self.w_zero_point._version)
+        if self._float_w_cache is None or self._float_w_cache[0] != key:
+            with torch.no_grad():
+                self._float_w_cache = (key, self.fake_quant_weight().detach())
+        return self._float_w_cache[1]
+
     def _integer_forward(self, x: torch.Tensor) -> torch.Tensor:
         out_dtype = x.dtype if x.dtype in (torch.float32, torch.bfloat16) else torch.float32
-        qx = self.quantize_input(x)
         qw = self.quantized_weight()
-        sx, zx = float(self.a_scale), int(self.a_zero_point)
+        sx = self._act_params()[0]
+        if self.integer_decision is None:
+            self.integer_decision = self._decide(x, qw, out_dtype)
+        if self.integer_decision.path == "float":
+            # Measured faster: the simulated computation in float (same codes, float
+            # accumulation), for a layer too small for the integer kernel to pay off.
+            return self._float_op(self.fake_quant_input(x), self._float_weight()).to(out_dtype)
+        qx, zx = self.quantize_input_u8(x)
+        return self._run_integer(qx, sx, zx, qw, out_dtype)
+
+    def _decide(self, x: torch.Tensor, qw: QuantizedWeight, out_dtype: torch.dtype) -> PathDecision:
+        qx, zx = self.quantize_input_u8(x)
+        op = self.kind
+        backend = selected_backend(op, qx, qw) if self.backend == "auto" else self.backend
+        if not self._is_depthwise():
+            return PathDecision("integer", backend)
+        if self.backend != "auto":
+            return PathDecision("integer", backend, "pinned")
+        sx = self._act_params()[0]
+        with torch.no_grad():
+            return measure_paths(
+                lambda: self._run_integer(self.quantize_input_u8(x)[0], sx, zx, qw, out_dtype),
+                lambda: self._float_op(self.fake_quant_input(x), self._float_weight()),
+                backend,
+            )
+
+    def _run_integer(self, qx: torch.Tensor, sx: float, zx: int, qw: QuantizedWeight,
+                     out_dtype: torch.dtype) -> torch.Tensor:
         if self.kind == "linear":
             return kernels.linear(qx, sx, zx, qw, self.bias, None, out_dtype, self.backend)
         padding = self.padding
         if isinstance(padding, str):
             qx, padding = self._explicit_padding(qx, zx)
         if self.kind == "conv2d":
+            # oneDNN's int8 convolutions run on channels-last; converting the uint8
+            # codes costs a quarter of converting the float input.
+            qx = qx.contiguous(memory_format=torch.channels_last)
             return kernels.conv2d(qx, sx, zx, qw, self.bias, self.stride, tuple(padding),
                                   self.dilation, self.groups, None, out_dtype, self.backend)
         return kernels.conv1d(qx, sx, zx, qw, self.bias, self.stride[0], padding[0],
@@ -185,4 +296,7 @@ class QuantizedLayer(nn.Module):
         return f"{self.kind}, {self.config.short_name}, mode={self.mode}, weight={tuple(self.weight.shape)}"
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "config": self.config.short_name, "mode": self.mode}
+        d: dict[str, Any] = {"kind": self.kind, "config": self.config.short_name, "mode": self.mode}
+        if self.integer_decision is not None:
+            d["integer_decision"] = self.integer_decision.as_dict()
+        return d
