@@ -50,7 +50,6 @@ def ort_methods(qx, qw: QuantizedWeight, x_zp: int) -> dict:
     """ONNX Runtime MatMulInteger / QLinearMatMul sessions on the same codes (or {})."""
     try:
         import numpy as np
-        import onnx
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
     except ImportError:
