@@ -1,0 +1,180 @@
+"""Calibration benchmark: range methods, AdaQuant and bias correction on real models.
+
+    python benchmarks/calibration.py --json out.json [--quick] [--models example,efficientnet-lite0]
+
+Rows: ``model, weight_bits, act_bits, method, metric_name, metric, calib_s, peak_rss_mb``.
+``method`` is the activation range method, with ``+adaquant`` / ``+biascorr`` where
+applied. Weights are per-channel (min/max at 8 bits, MSE clipping below 8 bits); W4A4
+keeps the first and last quantizable layers at W8A8. ``calib_s`` is the statistics
+pass plus the quantization (and calibration steps) of that row; ``peak_rss_mb`` is the
+process's peak so far. ``--memory`` adds the memory check: peak RSS of a fresh process
+collecting statistics on N and on 4N calibration samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+import torch
+
+from quantune.config import (
+    ActQuant,
+    CalibrationProcedure,
+    LayerQuantConfig,
+    QuantConfig,
+    WeightQuant,
+)
+from quantune.errors import UserInputError
+from quantune.prepare import prepare
+from quantune.progress import set_quiet
+
+W8_METHODS = [("minmax", None), ("percentile", 99.99), ("entropy", None), ("mse", None), ("aciq", None)]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def layer_cfg(w_bits: int, a_bits: int, method: str, pct: float | None) -> LayerQuantConfig:
+    return LayerQuantConfig(
+        WeightQuant(bits=w_bits, method="minmax" if w_bits == 8 else "mse"),
+        ActQuant(bits=a_bits, method=method, percentile=pct),
+    )
+
+
+def make_config(prepared: Any, w_bits: int, a_bits: int, method: str, pct: float | None, proc: CalibrationProcedure) -> QuantConfig:
+    cfg = QuantConfig(default=layer_cfg(w_bits, a_bits, method, pct), procedure=proc)
+    if a_bits < 8:  # first and last layers stay at 8 bits
+        names = prepared.layer_names
+        keep = layer_cfg(8, 8, method, pct)
+        cfg = cfg.with_overrides({names[0]: keep, names[-1]: keep})
+    return cfg
+
+
+def run_model(name: str, quick: bool, adaquant_budget: float, rows: list[dict[str, Any]]) -> None:
+    from quantune import zoo
+
+    try:
+        entry = zoo.get(name, "quick" if quick else "full")
+    except (UserInputError, ImportError) as exc:
+        print(f"skip {name}: {exc}", file=sys.stderr)
+        return
+    t = time.perf_counter()
+    prepared = prepare(entry.model, entry.calib_batches)
+    prepared.stats()
+    stats_s = time.perf_counter() - t
+
+    def measure(w_bits: int, a_bits: int, method: str, pct: float | None, proc: CalibrationProcedure, label: str) -> float:
+        t0 = time.perf_counter()
+        q = prepared.quantize(make_config(prepared, w_bits, a_bits, method, pct, proc), "simulate")
+        calib_s = stats_s + time.perf_counter() - t0
+        with torch.no_grad():
+            metric = float(entry.evaluator(q)[entry.primary_metric])
+        row = {
+            "model": name, "weight_bits": w_bits, "act_bits": a_bits, "method": label,
+            "metric_name": entry.primary_metric, "metric": metric,
+            "calib_s": round(calib_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
+        }
+        rows.append(row)
+        print(f"{name:20s} W{w_bits}A{a_bits} {label:28s} {entry.primary_metric}={metric:.4f} "
+              f"calib={calib_s:7.1f}s rss={row['peak_rss_mb']:.0f}MB", flush=True)
+        return metric
+
+    base = CalibrationProcedure()
+    scores = {m: measure(8, 8, m, p, base, m if p is None else f"{m}{p}") for m, p in W8_METHODS}
+    best = max(scores, key=lambda m: scores[m])
+    pct = dict(W8_METHODS)[best]
+    label = best if pct is None else f"{best}{pct}"
+    procs = [
+        (base, label),
+        (CalibrationProcedure(bias_correction=True), f"{label}+biascorr"),
+        (CalibrationProcedure(adaquant=True, adaquant_iters=100, adaquant_time_budget_s=adaquant_budget), f"{label}+adaquant"),
+        (CalibrationProcedure(adaquant=True, adaquant_iters=100, adaquant_time_budget_s=adaquant_budget,
+                              bias_correction=True), f"{label}+adaquant+biascorr"),
+    ]
+    for a_bits in (8, 4):
+        for proc, lab in procs:
+            measure(4, a_bits, best, pct, proc, lab)
+
+
+class Repeated:
+    """A re-iterable calibration set that streams ``times`` noisy copies of some batches.
+
+    It measures what calibration itself holds: the data is produced on the fly, as a
+    DataLoader would, so memory growth with the set's size is quantune's own.
+    """
+
+    def __init__(self, batches: list[Any], times: int) -> None:
+        self.batches, self.times = batches, times
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(self.times):
+            for b in self.batches:
+                if torch.is_tensor(b) and b.is_floating_point():
+                    yield b + 0.01 * torch.randn(b.shape, generator=gen)
+                else:
+                    yield b
+
+
+def memory_child(name: str, n_calib: int, times: int) -> None:
+    """(subprocess) collect statistics on ``times`` x ``n_calib`` streamed samples; print the peak RSS."""
+    from quantune import zoo
+
+    entry = zoo.get(name, "quick", n_calib=n_calib)
+    before = peak_rss_mb()
+    prepared = prepare(entry.model, Repeated(entry.calib_batches, times))
+    prepared.stats()
+    print(json.dumps({"n_calib": n_calib * times, "peak_rss_mb": peak_rss_mb(), "before_mb": before}))
+
+
+def memory_check(name: str, n: int) -> dict[str, Any]:
+    """Peak RSS of statistics collection streamed from a generator of N vs 4N samples."""
+    out = {}
+    for times in (1, 4):
+        res = subprocess.run(
+            [sys.executable, __file__, "--memory-child", name, str(n), str(times)],
+            capture_output=True, text=True, check=True,
+        )
+        out[n * times] = json.loads(res.stdout.strip().splitlines()[-1])
+    growth = out[4 * n]["peak_rss_mb"] / out[n]["peak_rss_mb"] - 1.0
+    print(f"memory {name}: peak RSS {out[n]['peak_rss_mb']:.0f} MB (N={n}) -> "
+          f"{out[4 * n]['peak_rss_mb']:.0f} MB (4N): {100 * growth:+.1f}%")
+    return {"model": name, "n": n, "peak_rss_n_mb": out[n]["peak_rss_mb"],
+            "peak_rss_4n_mb": out[4 * n]["peak_rss_mb"], "growth": growth}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", help="write rows here")
+    ap.add_argument("--quick", action="store_true", help="small data sizes")
+    ap.add_argument("--models", default="example,efficientnet-lite0,minilm-l6")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--adaquant-budget", type=float, default=120.0, help="AdaQuant seconds per row")
+    ap.add_argument("--memory", default="", help="model for the N vs 4N memory check")
+    ap.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    set_quiet(True)
+    if args.memory_child:
+        memory_child(args.memory_child[0], int(args.memory_child[1]), int(args.memory_child[2]))
+        return
+    rows: list[dict[str, Any]] = []
+    for name in [m for m in args.models.split(",") if m]:
+        run_model(name, args.quick, args.adaquant_budget, rows)
+    result: dict[str, Any] = {"rows": rows, "machine": f"CPU, {args.threads} thread(s)"}
+    if args.memory:
+        result["memory"] = memory_check(args.memory, 64 if args.quick else 256)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
