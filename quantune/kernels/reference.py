@@ -25,12 +25,13 @@ def _to_int32(acc: torch.Tensor) -> torch.Tensor:
 
 def linear_accumulate(qx: torch.Tensor, x_zero_point: int, weight: QuantizedWeight) -> torch.Tensor:
     """``acc[m, n] = sum_k (qx[m,k] - zx) * (qw[n,k] - zw[n])`` as int32, ``qx`` of shape [..., K]."""
-    x = qx.to(torch.int64) - int(x_zero_point)
-    w = weight.codes.to(torch.int64).reshape(weight.out_channels, -1)
-    w = w - weight.per_channel_zero_point().to(torch.int64)[:, None]
+    # int64 matmul exists on CPU only: the oracle computes there and moves back.
+    x = qx.cpu().to(torch.int64) - int(x_zero_point)
+    w = weight.codes.cpu().to(torch.int64).reshape(weight.out_channels, -1)
+    w = w - weight.per_channel_zero_point().cpu().to(torch.int64)[:, None]
     lead = x.shape[:-1]
     acc = x.reshape(-1, x.shape[-1]) @ w.t()
-    return _to_int32(acc).reshape(*lead, weight.out_channels)
+    return _to_int32(acc).reshape(*lead, weight.out_channels).to(qx.device)
 
 
 def conv2d_accumulate(
@@ -43,6 +44,8 @@ def conv2d_accumulate(
     groups: int,
 ) -> torch.Tensor:
     """int32 accumulators of a grouped 2-D convolution over NCHW integer codes."""
+    device = qx.device
+    qx, weight = qx.cpu(), _cpu_weight(weight)
     n, c, h, w_in = qx.shape
     cout, cin_g, kh, kw = weight.codes.shape
     # Codes minus zero point are small integers: exact in float32 for im2col.
@@ -54,7 +57,13 @@ def conv2d_accumulate(
     wq = weight.codes.to(torch.int64).reshape(groups, cout // groups, cin_g * kh * kw)
     wq = wq - weight.per_channel_zero_point().to(torch.int64).reshape(groups, -1, 1)
     acc = _grouped_mm(wq, cols)
-    return _to_int32(acc.reshape(n, cout, oh, ow))
+    return _to_int32(acc.reshape(n, cout, oh, ow)).to(device)
+
+
+def _cpu_weight(weight: QuantizedWeight) -> QuantizedWeight:
+    if weight.codes.device.type == "cpu":
+        return weight
+    return QuantizedWeight(weight.codes.cpu(), weight.bits, weight.scale.cpu(), weight.zero_point.cpu())
 
 
 def _grouped_mm(wq: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
