@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -120,7 +121,8 @@ class SearchLoop:
             trial.set_user_attr(REPAIRED_ATTR, True)
         key = record_config(trial, config)
         known = self.results.get(key)
-        if known is None and self.shared:  # another worker may have finished it meanwhile
+        if known is None and self.shared:  # another worker may have (nearly) finished it
+            self._wait_for_twin(trial.number, key)
             self.results.update(self._completed(self.study.get_trials(
                 deepcopy=False, states=(TrialState.COMPLETE,))))
             known = self.results.get(key)
@@ -140,6 +142,21 @@ class SearchLoop:
             raise
         self.results[key] = values
         return values if self.multi else values[0]
+
+    def _wait_for_twin(self, number: int, key: str, poll_s: float = 0.2) -> None:
+        """Wait while an earlier RUNNING trial (another worker) evaluates ``key``.
+
+        Samplers skip configurations that RUNNING trials hold, but two workers asking
+        at the same instant can still draw the same one. Both record it before this
+        check, so the later trial sees the earlier one and waits for its result instead
+        of evaluating twice; the earlier one never waits, so there is no deadlock. If
+        the other worker dies, its heartbeat fails the trial and this one evaluates.
+        """
+        while True:
+            running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not any(t.number < number and trial_key(self.space, t) == key for t in running):
+                return
+            time.sleep(poll_s)
 
     # ----------------------------------------------------------------- callback
     def after_trial(self, study: Study, trial: FrozenTrial) -> None:

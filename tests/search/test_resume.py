@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -117,3 +118,38 @@ def test_rerun_in_process_counts_earlier_evaluations(tmp_path: Path) -> None:
                        study_name="s", seed=0)
     assert again.stop_reason == "n_trials" and len(calls) == 7  # nothing left to do
     assert again.best_value == max(calls)
+
+
+@pytest.mark.slow  # ~20 s: two workers, an SQLite file, heartbeats
+def test_two_workers_share_a_study_without_duplicates(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'workers.db'}"
+    space = SearchSpace([ordinal("a", range(8)), ordinal("b", range(4))])
+    calls: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def objective(config: dict) -> float:
+        with lock:
+            calls.append((config["a"], config["b"]))
+        time.sleep(0.05)  # long enough for the workers' trials to overlap
+        return float(config["a"] + config["b"])
+
+    run_search(space, objective, strategy="random", n_trials=1, storage=storage,
+               study_name="mw", seed=0)  # create the study before the workers start
+    results = {}
+
+    def worker(seed: int) -> None:
+        results[seed] = run_search(
+            space, objective, strategy="xgboost", n_trials=10, storage=storage,
+            study_name="mw", seed=seed, heartbeat_interval_s=30,
+            sampler_options={"n_rounds": 10, "n_startup": 2},
+        )
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(calls) == len(set(calls))  # no configuration evaluated twice
+    # Both stop on the shared budget; a worker mid-trial when it is reached finishes it.
+    assert 10 <= len(calls) <= 11
+    assert all(r.stop_reason == "n_trials" for r in results.values())
