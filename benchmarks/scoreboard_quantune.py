@@ -1,0 +1,44 @@
+"""quantune's own rows: W8A8 with per-channel weights, simulated and on the integer core.
+
+The model is prepared once (BatchNorm folding, activation statistics) and each
+configuration is a cheap ``PreparedModel.quantize`` on the shared statistics, which is
+how the tuner works too; ``prepare_s`` of each row is the shared preparation plus that
+row's own quantization.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scoreboard_common import Prepared, timed
+
+import quantune
+from quantune.config import ActQuant, LayerQuantConfig, QuantConfig, WeightQuant
+from quantune.zoo import ZooEntry
+
+W8 = WeightQuant(bits=8, symmetric=True, granularity="per_channel", method="minmax")
+CONFIGS: dict[str, QuantConfig] = {
+    "quantune-w8a8": QuantConfig(default=LayerQuantConfig(W8, ActQuant(bits=8, method="minmax"))),
+    "quantune-w8a8-entropy": QuantConfig(default=LayerQuantConfig(W8, ActQuant(bits=8, method="entropy"))),
+}
+
+
+class QuantuneRunner:
+    """Prepares an entry's model once and builds quantized variants from it."""
+
+    def __init__(self, entry: ZooEntry) -> None:
+        self.entry = entry
+        self._prepared: Any = None
+        self._prepare_s = 0.0
+
+    def _prepare(self) -> Any:
+        if self._prepared is None:
+            self._prepared, self._prepare_s = timed(lambda: quantune.prepare(self.entry.model, self.entry.calib_batches))
+        return self._prepared
+
+    def build(self, config_name: str, mode: str) -> Prepared:
+        """A quantized model of ``CONFIGS[config_name]`` in ``mode`` (simulate / integer)."""
+        prepared = self._prepare()
+        qmodel, secs = timed(lambda: prepared.quantize(CONFIGS[config_name], mode=mode))
+        note = "fake-quant in float" if mode == "simulate" else "integer GEMM core (kernels as committed)"
+        return Prepared(qmodel, qmodel.size_bytes(), self._prepare_s + secs, note=note, budgeted=mode == "integer")
