@@ -1,0 +1,44 @@
+"""Shared fixtures: small models and the bundled example."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+@pytest.fixture(scope="session")
+def example():
+    """``(model, calib_batches, eval_batches)`` of the bundled example."""
+    from quantune.example import load_example
+
+    return load_example()
+
+
+def make_convnet(seed: int = 0) -> nn.Module:
+    """A small CNN with BN, grouped and depthwise convs, random BN statistics."""
+    torch.manual_seed(seed)
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU6(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=2), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
+    )
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    return m.eval()
+
+
+@pytest.fixture
+def convnet() -> nn.Module:
+    return make_convnet()
+
+
+@pytest.fixture
+def image_batches() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(4, 3, 12, 12, generator=g) for _ in range(4)]
