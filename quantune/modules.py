@@ -292,6 +292,13 @@ class QuantizedLayer(nn.Module):
         bias = self.bias.numel() * 4 if self.bias is not None else 0
         return qw_bytes + meta + bias + 8  # + activation scale and zero point
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Prepacked backend weights (oneDNN opaque tensors) can be neither pickled nor
+        # deep-copied; they are a cache, rebuilt on the next integer forward.
+        state = self.__dict__.copy()
+        state["_codes_cache"] = None
+        return state
+
     def extra_repr(self) -> str:
         return f"{self.kind}, {self.config.short_name}, mode={self.mode}, weight={tuple(self.weight.shape)}"
 
