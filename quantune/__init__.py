@@ -24,6 +24,15 @@ _LAZY = {
     "quantize": "quantune.prepare",
     "QuantizedModel": "quantune.quantized_model",
     "save": "quantune.artifact",
+    "tune": "quantune.tune",
+    "TuneResult": "quantune.tune_result",
+    "check": "quantune.check",
+    "CheckResult": "quantune.check",
+    "allocate_bits": "quantune.search.bits_api",
+    "AllocationOptions": "quantune.search.bits_api",
+    "Budget": "quantune.search.allocation",
+    "Allocation": "quantune.search.allocation",
+    "apply_allocation": "quantune.search.allocation",
     "load": "quantune.artifact",
 }
 
@@ -31,6 +40,11 @@ __all__ = sorted(_LAZY) + ["__version__"]
 
 if TYPE_CHECKING:
     from quantune.artifact import load, save
+    from quantune.check import CheckResult, check
+    from quantune.search.allocation import Allocation, Budget, apply_allocation
+    from quantune.search.bits_api import AllocationOptions, allocate_bits
+    from quantune.tune import tune
+    from quantune.tune_result import TuneResult
     from quantune.config import ActQuant, CalibrationProcedure, LayerQuantConfig, QuantConfig, WeightQuant
     from quantune.errors import QuantuneError, UserInputError
     from quantune.prepare import PreparedModel, prepare, quantize
