@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from quantune.search.replay import Landscape, ReplayRun, replay, summarize
 
 REPO = Path(__file__).resolve().parents[1]

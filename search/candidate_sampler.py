@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import TrialState
+
 from quantune.search.optuna_bridge import distributions, to_params, visited_keys
 from quantune.search.space import Config, SearchSpace, config_key
 

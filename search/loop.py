@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import optuna
 from optuna.trial import TrialState
+
 from quantune.search.neighbourhood import project
 from quantune.search.optuna_bridge import (
     CACHED_ATTR,

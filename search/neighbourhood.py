@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
 from quantune.search.space import Config, SearchSpace
 
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from quantune.search.space import Config, SearchSpace, config_key
-from quantune.search.target import Target
 
 from quantune.errors import UserInputError
+from quantune.search.space import Config, SearchSpace, config_key
+from quantune.search.target import Target
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,7 @@ def replay(
         transfer_rows: Trials per transfer study.
     """
     import optuna
+
     from quantune.search.runner import run_search
 
     storage = optuna.storages.InMemoryStorage()
@@ -163,6 +164,7 @@ def _store_source_study(
     storage: Any, source: Landscape, rng: np.random.Generator, n_rows: int
 ) -> None:
     import optuna
+
     from quantune.search.optuna_bridge import CONFIG_ATTR, DESCRIPTOR_ATTR, KEY_ATTR, to_params
     from quantune.search.optuna_bridge import distributions as dists
 

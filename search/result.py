@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from quantune.search.optuna_bridge import CACHED_ATTR, ERROR_ATTR, STALE_ATTR, trial_config
 from quantune.search.scoring import pareto_ranks, signs
 from quantune.search.space import Config, SearchSpace

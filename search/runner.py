@@ -7,14 +7,14 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
+
+from quantune.errors import UserInputError
 from quantune.search.loop import Objective, SearchLoop
 from quantune.search.result import SearchResult, TrialRecord, pareto_front, select_best
 from quantune.search.space import SearchSpace
 from quantune.search.strategies import make_sampler
 from quantune.search.study import open_study
 from quantune.search.target import Target
-
-from quantune.errors import UserInputError
 
 if TYPE_CHECKING:
     from optuna.pruners import BasePruner

@@ -22,9 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from quantune.search.space import SearchSpace
-
 from quantune.errors import UserInputError
+from quantune.search.space import SearchSpace
 
 if TYPE_CHECKING:
     from optuna.samplers import BaseSampler

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
-from quantune.search.optuna_bridge import CACHED_ATTR, DESCRIPTOR_ATTR, STALE_ATTR, is_stale
 
 from quantune.errors import UserInputError
+from quantune.search.optuna_bridge import CACHED_ATTR, DESCRIPTOR_ATTR, STALE_ATTR, is_stale
 
 if TYPE_CHECKING:
     from optuna.pruners import BasePruner

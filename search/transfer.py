@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from quantune.search.optuna_bridge import DESCRIPTOR_ATTR, trial_config
 from quantune.search.scoring import signs
 from quantune.search.space import SearchSpace

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from optuna.trial import TrialState
+
 from quantune.search.candidate_sampler import ENUMERATE_LIMIT, CandidateSampler, ProposalContext
 from quantune.search.cost_model import CostModel, CostObjective, TrainingSet, check_objective
 from quantune.search.neighbourhood import mutate, neighbours

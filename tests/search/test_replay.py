@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from quantune.search.replay import Landscape, replay, summarize
 from quantune.search.space import config_key
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+
 from quantune.search.optuna_bridge import KEY_ATTR, STALE_ATTR
 from quantune.search.runner import run_search
 from quantune.search.space import SearchSpace, ordinal

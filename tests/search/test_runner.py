@@ -6,13 +6,13 @@ import math
 import time
 
 import pytest
+
+from quantune.errors import UserInputError
 from quantune.search.pruning import BestSoFarPruner, TrialHandle
 from quantune.search.runner import run_search
 from quantune.search.space import SearchSpace, categorical, config_key, ordinal
 from quantune.search.strategies import make_sampler, strategy_names
 from quantune.search.target import Target
-
-from quantune.errors import UserInputError
 
 FAST = {"n_rounds": 20}
 

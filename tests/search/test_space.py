@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from quantune.search.neighbourhood import mutate, neighbours, project
-from quantune.search.space import SearchSpace, categorical, config_key, ordinal
 
 from quantune.errors import UserInputError
+from quantune.search.neighbourhood import mutate, neighbours, project
+from quantune.search.space import SearchSpace, categorical, config_key, ordinal
 
 
 def _space() -> SearchSpace:

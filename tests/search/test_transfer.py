@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import optuna
+
 from quantune.search.optuna_bridge import (
     CONFIG_ATTR,
     DESCRIPTOR_ATTR,

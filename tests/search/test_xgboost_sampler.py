@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import optuna
 import pytest
+
 from quantune.search.optuna_bridge import record_config, suggest
 from quantune.search.runner import run_search
 from quantune.search.space import SearchSpace, categorical, config_key, ordinal
