@@ -20,6 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
+from quantune.config import QuantConfig
+from quantune.errors import UserInputError
+from quantune.prepare import PreparedModel, prepare
 from quantune.search.allocation import Allocation, Budget
 from quantune.search.allocation import _as_budget as as_budget
 from quantune.search.allocation import allocate_bits as allocate_from_specs
@@ -28,11 +33,6 @@ from quantune.search.allocation_problem import BitRange, PinValue
 from quantune.search.latency_table import measure_latency
 from quantune.search.sensitivity import DEFAULT_MAX_SAMPLES, measure_sensitivity
 from quantune.search.sensitivity_table import Candidates, SensitivityTable
-from torch import nn
-
-from quantune.config import QuantConfig
-from quantune.errors import UserInputError
-from quantune.prepare import PreparedModel, prepare
 
 
 @dataclass(frozen=True)

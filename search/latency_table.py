@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from quantune.search.sensitivity_layers import quantized_layers
 from torch import nn
 
 from quantune.config import QuantConfig
 from quantune.prepare import PreparedModel
 from quantune.progress import progress_bar
+from quantune.search.sensitivity_layers import quantized_layers
 
 Cell = tuple[int, int]
 # Per prepared model (weakly held, so a collected model frees its timings).

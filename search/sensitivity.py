@@ -31,6 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from quantune.config import QuantConfig
+from quantune.errors import UserInputError
+from quantune.prepare import PreparedModel
+from quantune.progress import progress_bar
 from quantune.search import sensitivity_probes as probes
 from quantune.search.sensitivity_cache import (
     cache_key,
@@ -51,11 +56,6 @@ from quantune.search.sensitivity_table import (
     finite_or_zero,
     parse_cell_key,
 )
-
-from quantune.config import QuantConfig
-from quantune.errors import UserInputError
-from quantune.prepare import PreparedModel
-from quantune.progress import progress_bar
 
 #: Calibration samples used by default: enough to rank layers, small enough to be quick.
 DEFAULT_MAX_SAMPLES = 256

@@ -155,16 +155,22 @@ class OptunaStore:
 
 
 class LayeredStore:
-    """Reads from the first store that has an entry (merging cells), writes to all."""
+    """Reads the union of every store's cells, writes to all."""
 
     def __init__(self, stores: Sequence[Store]) -> None:
         self.stores = list(stores)
 
     def get(self, key: str) -> Entry:
+        found = [store.get(key) or {} for store in self.stores]
         merged: Entry = {}
-        for store in self.stores:
-            for layer, cells in (store.get(key) or {}).items():
+        for entry in found:
+            for layer, cells in entry.items():
                 merged.setdefault(layer, {}).update(cells)
+        # Backfill the stores that lack cells (e.g. a file asked for after the values
+        # were measured in memory), so that every store ends up holding everything.
+        for store, entry in zip(self.stores, found, strict=True):
+            if merged and entry != merged:
+                store.put(key, merged)
         return merged
 
     def put(self, key: str, entry: Entry) -> None:

@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from quantune.search.sensitivity_losses import LossFn, output_tensor
 from torch import nn
 
 from quantune.batches import batch_size, run_model
+from quantune.search.sensitivity_losses import LossFn, output_tensor
 
 
 def _rademacher(like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 Every loss maps ``(outputs, reference outputs, batch)`` to a scalar tensor averaged over
 the batch, so it is differentiable (the Hessian proxy needs that) and comparable across
-batches of different sizes.
+batches of different sizes. Losses are computed in float64: sensitivities are small
+differences of losses, and a confident classifier's softmax saturates to exactly 1 in
+float32, which would zero its Hessian.
 
 - ``ce``: cross-entropy against the batch's labels (the task loss).
 - ``kl``: KL(softmax(FP32) || softmax(quantized)), for classifiers without labels.
@@ -53,21 +55,21 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 def _ce(out: torch.Tensor, ref: torch.Tensor, batch: Any) -> torch.Tensor:
     labels = batch_labels(batch)
     assert labels is not None  # resolve_loss checked it
-    return F.cross_entropy(out.float(), labels.long())
+    return F.cross_entropy(out.double(), labels.long())
 
 
 def _kl(out: torch.Tensor, ref: torch.Tensor, batch: Any) -> torch.Tensor:
-    log_p = F.log_softmax(_rows(ref).float(), dim=-1)
-    log_q = F.log_softmax(_rows(out).float(), dim=-1)
+    log_p = F.log_softmax(_rows(ref).double(), dim=-1)
+    log_q = F.log_softmax(_rows(out).double(), dim=-1)
     return (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean()
 
 
 def _cosine(out: torch.Tensor, ref: torch.Tensor, batch: Any) -> torch.Tensor:
-    return (1.0 - F.cosine_similarity(_rows(out).float(), _rows(ref).float(), dim=-1, eps=1e-12)).mean()
+    return (1.0 - F.cosine_similarity(_rows(out).double(), _rows(ref).double(), dim=-1, eps=1e-12)).mean()
 
 
 def _mse(out: torch.Tensor, ref: torch.Tensor, batch: Any) -> torch.Tensor:
-    return F.mse_loss(out.float(), ref.float())
+    return F.mse_loss(out.double(), ref.double())
 
 
 _FUNCTIONS: dict[str, LossFn] = {"ce": _ce, "kl": _kl, "cosine": _cosine, "mse": _mse}

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from quantune.search.sensitivity_losses import LossFn, output_tensor
 from torch import nn
 
 from quantune.batches import batch_size, run_model
 from quantune.bn_folding import set_submodule
 from quantune.modules import QuantizedLayer
+from quantune.search.sensitivity_losses import LossFn, output_tensor
 
 Cell = tuple[int, int]
 #: Builds ``{layer: QuantizedLayer}`` for a cell.

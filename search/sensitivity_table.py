@@ -20,9 +20,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from quantune.search.allocation_types import LayerSpec
-
 from quantune.errors import UserInputError
+from quantune.search.allocation_types import LayerSpec
 
 Cell = tuple[int, int]
 

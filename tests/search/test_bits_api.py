@@ -1,0 +1,99 @@
+"""Model-level allocate_bits on the bundled example, end to end."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quantune.errors import UserInputError
+from quantune.example import load_example
+from quantune.prepare import prepare
+from quantune.search.allocation import Allocation, AllocationInfeasibleError, apply_allocation
+from quantune.search.bits_api import AllocationOptions, ModelAllocation, allocate_bits
+from quantune.search.sensitivity_cache import clear_memory_cache
+from quantune.zoo.evaluators import LabelledAccuracy
+
+FAST = AllocationOptions(weight_bits=(2, 4, 8), act_bits=(8,), proxy="output_mse", max_samples=32,
+                         show_progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="module")
+def example(_one_thread):
+    clear_memory_cache()
+    model, calib, evals = load_example()
+    return model, calib, evals, prepare(model, calib)
+
+
+def test_end_to_end_with_a_budget(example, tmp_path) -> None:
+    model, calib, evals, _ = example
+    allocation = allocate_bits(model, calib, "avg-bits=5", options=FAST)
+    assert isinstance(allocation, ModelAllocation) and isinstance(allocation, Allocation)
+    assert allocation.avg_bits <= 5 and allocation.status == "optimal"
+    assert set(allocation.weight_bits) == {"features.0", "features.3", "features.7", "features.10",
+                                           "classifier.1", "classifier.3"}
+    assert allocation.measurement["proxy"] == "output_mse"
+    assert "sensitivity proxy output_mse" in allocation.to_table()
+    # Applied with quantize: the quantized layers carry the allocated widths.
+    config = apply_allocation(allocation)
+    from quantune.prepare import quantize
+
+    qmodel = quantize(model, config, calib, mode="simulate")
+    widths = {n: m.config.weight.bits for n, m in qmodel.quantized_layers().items()}
+    assert widths == allocation.weight_bits
+    accuracy = LabelledAccuracy(evals, model)(qmodel)["top1_accuracy"]
+    assert accuracy > 0.9
+    # JSON round trip keeps the choices and records the measurement.
+    path = allocation.save(tmp_path / "alloc.json")
+    assert Allocation.load(path).bits == allocation.bits
+    assert '"measurement"' in path.read_text()
+
+
+def test_second_budget_measures_nothing(example) -> None:
+    *_, prepared = example
+    first = allocate_bits(prepared, budget="avg-bits=6", options=FAST)
+    second = allocate_bits(prepared, budget="avg-bits=3", options=FAST)
+    assert second.measurement["measured"] == 0
+    assert second.avg_bits <= 3 < first.avg_bits or first.avg_bits <= 3
+    assert second.predicted_loss >= first.predicted_loss
+
+
+def test_pins_keep_float_and_ranges(example) -> None:
+    *_, prepared = example
+    allocation = allocate_bits(prepared, budget={"avg_bits": 4.0}, pins={"features.0": 8},
+                               options=FAST, keep_float=["classifier.3"],
+                               bit_ranges={"classifier.1": (4, None)})
+    assert allocation.weight_bits["features.0"] == 8
+    assert allocation.weight_bits["classifier.3"] is None
+    assert allocation.weight_bits["classifier.1"] >= 4
+
+
+def test_infeasible_budget_names_the_minimum(example) -> None:
+    *_, prepared = example
+    with pytest.raises(AllocationInfeasibleError) as err:
+        allocate_bits(prepared, budget="avg-bits=1.5", options=FAST)
+    assert err.value.constraint == "avg_bits" and err.value.min_feasible == pytest.approx(2.0)
+
+
+def test_latency_budget_measures_the_latency_table(example) -> None:
+    *_, prepared = example
+    unconstrained = allocate_bits(prepared, budget=None, options=FAST, latency=True)
+    total = unconstrained.latency_ms
+    assert total is not None and total > 0
+    allocation = allocate_bits(prepared, budget={"latency_ms": total * 10}, options=FAST)
+    assert allocation.latency_ms is not None and allocation.latency_ms <= total * 10
+
+
+def test_unknown_option_is_a_user_error(example) -> None:
+    *_, prepared = example
+    with pytest.raises(UserInputError, match="unknown allocation option"):
+        allocate_bits(prepared, budget="avg-bits=4", options=FAST, colour="blue")
+    with pytest.raises(UserInputError, match="calibration data"):
+        allocate_bits(example[0], None, "avg-bits=4")

@@ -1,0 +1,164 @@
+"""Sensitivity tables on the bundled example: shape, sanity, proxies and caching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quantune.batches import model_inputs
+from quantune.errors import UserInputError
+from quantune.example import load_example
+from quantune.prepare import prepare
+from quantune.search import sensitivity as sens_mod
+from quantune.search.sensitivity import measure_sensitivity
+from quantune.search.sensitivity_cache import clear_memory_cache
+from quantune.search.sensitivity_losses import resolve_loss
+from quantune.search.sensitivity_table import Candidates, derive_cells, monotone_envelope
+
+SMALL = Candidates(weight_bits=(2, 4, 8), act_bits=(4, 8))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # The tiny example runs much faster on one thread than on two oversubscribed ones.
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="module")
+def prepared(_one_thread):
+    model, calib, _ = load_example()
+    return prepare(model, calib)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memory_cache():
+    clear_memory_cache()
+    yield
+    clear_memory_cache()
+
+
+@pytest.fixture
+def count_measurements(monkeypatch):
+    calls: list[int] = []
+    real = sens_mod._measure
+
+    def counting(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(sum(len(cells) for cells in result.values()))
+        return result
+
+    monkeypatch.setattr(sens_mod, "_measure", counting)
+    return calls
+
+
+def _more_bits_lower(table, layers, w_low=2, w_high=8, a=8) -> int:
+    return sum(table.value(n, w_low, a) > table.value(n, w_high, a) for n in layers)
+
+
+def test_table_has_every_layer_and_cell(prepared) -> None:
+    table = measure_sensitivity(prepared, candidates=SMALL, proxy="output_mse", max_samples=32,
+                                show_progress=False)
+    assert table.layer_names == prepared.layer_names
+    for name in table.layer_names:
+        assert set(table.values[name]) == set(SMALL.cells())
+    # Additive mode measures the axes only: 3 weight cells + 1 extra activation cell.
+    assert table.measured == len(prepared.layers) * 4 and table.cached == 0
+    assert table.proxy == "output_mse" and table.n_samples == 32
+    assert "proxy output_mse" in table.to_table()
+
+
+@pytest.mark.parametrize("proxy", ["output_mse", "hessian"])
+def test_fewer_bits_cost_more(prepared, proxy: str) -> None:
+    table = measure_sensitivity(prepared, candidates=SMALL, proxy=proxy, max_samples=32,
+                                hessian_probes=2, show_progress=False)
+    for name in table.layer_names:
+        for cell, value in table.values[name].items():
+            assert value >= 0.0 and torch.isfinite(torch.tensor(value)), (name, cell)
+    layers = table.layer_names
+    # Never fewer bits predicted better; strictly worse for most layers (a confident
+    # classifier's last layers can have a Hessian of ~0 under cross-entropy).
+    for n in layers:
+        assert table.value(n, 2, 8) >= table.value(n, 4, 8) >= table.value(n, 8, 8)
+        assert table.value(n, 8, 4) >= table.value(n, 8, 8)
+    assert _more_bits_lower(table, layers) >= len(layers) // 2 + 1
+    assert sum(table.value(n, 8, 4) > table.value(n, 8, 8) for n in layers) >= len(layers) // 2 + 1
+
+
+def test_loss_proxy_ranks_two_bits_worst(prepared) -> None:
+    cands = Candidates(weight_bits=(2, 8), act_bits=(8,))
+    table = measure_sensitivity(prepared, candidates=cands, proxy="loss", max_samples=32, show_progress=False)
+    assert table.loss == "ce"  # the example's batches carry labels
+    assert _more_bits_lower(table, table.layer_names) >= len(table.layer_names) - 1
+
+
+def test_second_measurement_is_free(prepared, count_measurements) -> None:
+    kwargs = dict(candidates=SMALL, proxy="output_mse", max_samples=32, show_progress=False)
+    first = measure_sensitivity(prepared, **kwargs)
+    second = measure_sensitivity(prepared, **kwargs)
+    assert len(count_measurements) == 1
+    assert second.measured == 0 and second.cached == first.measured
+    assert second.values == first.values
+
+
+def test_json_cache_survives_the_process_and_extends_by_cell(prepared, tmp_path, count_measurements) -> None:
+    path = tmp_path / "cache.json"
+    base = Candidates(weight_bits=(4, 8), act_bits=(8,))
+    measure_sensitivity(prepared, candidates=base, proxy="output_mse", max_samples=32,
+                        cache_path=path, show_progress=False)
+    clear_memory_cache()  # as if a new process started
+    again = measure_sensitivity(prepared, candidates=base, proxy="output_mse", max_samples=32,
+                                cache_path=path, show_progress=False)
+    assert again.measured == 0 and len(count_measurements) == 1
+    wider = Candidates(weight_bits=(2, 4, 8), act_bits=(8,))
+    more = measure_sensitivity(prepared, candidates=wider, proxy="output_mse", max_samples=32,
+                               cache_path=path, show_progress=False)
+    assert more.measured == len(prepared.layers)  # only the new 2-bit column
+    # Another proxy is another entry: it does measure.
+    other = measure_sensitivity(prepared, candidates=base, proxy="hessian", max_samples=32,
+                                cache_path=path, show_progress=False)
+    assert other.measured == 2 * len(prepared.layers)
+
+
+def test_optuna_storage_cache(prepared, tmp_path) -> None:
+    pytest.importorskip("optuna")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    cands = Candidates(weight_bits=(4, 8), act_bits=(8,))
+    measure_sensitivity(prepared, candidates=cands, proxy="output_mse", max_samples=32, storage=url,
+                        show_progress=False)
+    clear_memory_cache()
+    again = measure_sensitivity(prepared, candidates=cands, proxy="output_mse", max_samples=32, storage=url,
+                                show_progress=False)
+    assert again.measured == 0
+
+
+def test_derived_cells_and_monotone_envelope() -> None:
+    cands = Candidates(weight_bits=(4, 8), act_bits=(4, 8))
+    measured = {(8, 8): 0.1, (4, 8): 0.5, (8, 4): 0.3}
+    cells = derive_cells(measured, cands)
+    assert cells[(4, 4)] == pytest.approx(0.5 + 0.3 - 0.1)
+    noisy = {(8, 8): 0.2, (4, 8): 0.1, (8, 4): 0.3, (4, 4): 0.25}
+    mono = monotone_envelope(noisy)
+    assert mono[(4, 8)] == 0.2 and mono[(4, 4)] == 0.3 and mono[(8, 8)] == 0.2
+
+
+def test_loss_auto_resolution() -> None:
+    logits = torch.randn(4, 10)
+    labels = torch.tensor([1, 2, 3, 4])
+    assert resolve_loss("auto", logits, (logits, labels)) == "ce"
+    assert resolve_loss("auto", logits, logits) == "kl"
+    emb = torch.nn.functional.normalize(torch.randn(4, 16), dim=1)
+    assert resolve_loss("auto", emb, model_inputs(emb)) == "cosine"
+    with pytest.raises(UserInputError, match="labels"):
+        resolve_loss("ce", logits, logits)
+
+
+def test_bad_arguments_are_user_errors(prepared) -> None:
+    with pytest.raises(UserInputError, match="proxy"):
+        measure_sensitivity(prepared, proxy="magic")
+    with pytest.raises(UserInputError, match="unknown layers"):
+        measure_sensitivity(prepared, layers=["nope"])
+    with pytest.raises(UserInputError, match="from 2 to 8"):
+        Candidates(weight_bits=(1, 8))
