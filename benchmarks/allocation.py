@@ -1,0 +1,173 @@
+"""Bit-allocation benchmark: metric vs average weight bits for uniform, greedy and ILP.
+
+    python benchmarks/allocation.py --json out/allocation.json [--quick] [--models example]
+
+For each model (the bundled example, EfficientNet-Lite0, MiniLM-L6 from
+``quantune.zoo``; a model whose packages are missing is skipped with a message) the
+sensitivity table is measured once (weights 2/3/4/6/8, activations 8), then every
+policy allocates at average weight bits 3, 4, 5, 6 and 8 (and 4.5), and the allocation
+is applied with ``quantize`` (simulated integer arithmetic, which gives the integer
+path's accumulators exactly) and scored by the entry's evaluator.
+
+Rows: ``model``, ``policy``, ``budget_avg_bits``, ``avg_weight_bits`` (achieved),
+``size_bytes`` (deployed model), ``metric_name``, ``metric``, ``predicted_loss``; plus a
+PNG of metric vs size per model. Targets printed at the end: ``ilp`` at or above
+``uniform`` and ``greedy`` at every budget (strictly at <= 4 bits), and EfficientNet-Lite0
+at 4.5 average bits with top-1 agreement >= 97 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from quantune.errors import QuantuneError
+from quantune.prepare import prepare
+from quantune.search.allocation import AllocationInfeasibleError, apply_allocation
+from quantune.search.bits_api import AllocationOptions, allocate_bits
+
+BUDGETS = (3.0, 4.0, 4.5, 5.0, 6.0, 8.0)
+POLICIES = ("uniform", "greedy", "ilp")
+MODELS = ("example", "efficientnet-lite0", "minilm-l6")
+#: The loss proxy swaps one layer per forward pass: affordable on the example only on a
+#: CPU; the zoo models use the second-order (Hessian) proxy by default.
+DEFAULT_PROXY = {"example": "loss", "efficientnet-lite0": "hessian", "minilm-l6": "hessian"}
+
+
+def load_entry(name: str, quick: bool) -> Any:
+    """The zoo entry, or None (with a message) when it cannot be built here."""
+    try:
+        from quantune import zoo
+
+        return zoo.get(name, "quick" if quick else "full")
+    except (ImportError, QuantuneError) as exc:
+        print(f"[skip] {name}: {exc}", file=sys.stderr)
+        return None
+
+
+def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tuple[float, ...]) -> list[dict[str, Any]]:
+    """Every (policy, budget) row of one model."""
+    t0 = time.perf_counter()
+    prepared = prepare(entry.model, entry.calib_batches)
+    options = AllocationOptions(act_bits=(8,), proxy=proxy, max_samples=max_samples, show_progress=True)
+    metric_name = entry.primary_metric
+    float_metric = entry.evaluate(entry.model)[metric_name]
+    rows: list[dict[str, Any]] = []
+    for budget in budgets:
+        for policy in POLICIES:
+            row: dict[str, Any] = {"model": name, "policy": policy, "budget_avg_bits": budget,
+                                   "metric_name": metric_name, "float_metric": float_metric, "proxy": proxy}
+            try:
+                allocation = allocate_bits(prepared, budget={"avg_bits": budget}, options=options, policy=policy)
+            except AllocationInfeasibleError as exc:
+                rows.append({**row, "error": str(exc)})
+                continue
+            qmodel = prepared.quantize(apply_allocation(allocation), mode="simulate")
+            metrics = entry.evaluate(qmodel)
+            rows.append({**row, "avg_weight_bits": allocation.avg_bits, "size_bytes": qmodel.size_bytes(),
+                         "weight_bytes": allocation.size_bytes, "metric": metrics[metric_name],
+                         "metrics": metrics, "predicted_loss": allocation.predicted_loss,
+                         "bits": allocation.weight_bits})
+            print(f"{name:<19} {policy:<8} budget {budget:>4}  avg {allocation.avg_bits:5.2f}  "
+                  f"{metric_name} {metrics[metric_name]:.4f}", flush=True)
+    print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return rows
+
+
+def check_targets(rows: list[dict[str, Any]]) -> list[str]:
+    """Human-readable verdicts for the issue's targets."""
+    lines = []
+    by_key = {(r["model"], r["policy"], r["budget_avg_bits"]): r.get("metric") for r in rows}
+    for model in sorted({r["model"] for r in rows}):
+        worse, not_strict = [], []
+        for budget in sorted({r["budget_avg_bits"] for r in rows if r["model"] == model}):
+            ilp = by_key.get((model, "ilp", budget))
+            others = [by_key.get((model, p, budget)) for p in ("uniform", "greedy")]
+            others = [m for m in others if m is not None]
+            if ilp is None or not others:
+                continue
+            if ilp < max(others):
+                worse.append(budget)
+            elif budget <= 4 and ilp <= max(others):
+                not_strict.append(budget)
+        verdict = "MET" if not worse and not not_strict else "NOT MET"
+        lines.append(f"{model}: ilp >= uniform, greedy at every budget, strictly at <= 4 bits: {verdict}"
+                     + (f" (below at {worse})" if worse else "") + (f" (tied at {not_strict})" if not_strict else ""))
+    eff = by_key.get(("efficientnet-lite0", "ilp", 4.5))
+    if eff is not None:
+        lines.append(f"efficientnet-lite0 ilp at 4.5 bits: top-1 agreement {eff:.4f} "
+                     f"({'MET' if eff >= 0.97 else 'NOT MET'}, target >= 0.97)")
+    return lines
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[skip] plot: matplotlib is not installed", file=sys.stderr)
+        return
+    models = sorted({r["model"] for r in rows if "metric" in r})
+    if not models:
+        return
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for policy in POLICIES:
+            pts = sorted((r["size_bytes"] / 1e6, r["metric"]) for r in rows
+                         if r["model"] == model and r["policy"] == policy and "metric" in r)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=policy)
+        metric = next(r["metric_name"] for r in rows if r["model"] == model)
+        ax.set(title=model, xlabel="model size (MB)", ylabel=metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", required=True, type=Path, help="output JSON rows")
+    parser.add_argument("--quick", action="store_true", help="zoo 'quick' data sizes, fewer samples")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated zoo names")
+    parser.add_argument("--proxy", default=None, help="override the per-model sensitivity proxy")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    max_samples = 32 if args.quick else 256
+    rows: list[dict[str, Any]] = []
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        entry = load_entry(name, args.quick)
+        if entry is None:
+            continue
+        proxy = args.proxy or DEFAULT_PROXY.get(name, "hessian")
+        rows += run_model(name, entry, proxy, max_samples, BUDGETS)
+    verdicts = check_targets(rows)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"machine": machine(), "quick": args.quick, "rows": rows,
+                                     "targets": verdicts}, indent=2) + "\n")
+    print("\n".join(verdicts))
+    print(f"json: {args.json}")
+    plot(rows, args.json.with_suffix(".png"))
+    return 0
+
+
+def machine() -> dict[str, Any]:
+    import os
+    import platform
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
