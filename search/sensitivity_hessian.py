@@ -75,9 +75,16 @@ def _probe_batch(
     ran = [n for n in names if n in zs]
     if not ran or not value.requires_grad:
         return {}
-    grads = torch.autograd.grad(value, [zs[n] for n in ran], create_graph=True)
+    # A layer whose output never reaches the loss (e.g. an unused pooler) has no
+    # gradient: its Hessian is zero, and it is left out of the probes.
+    first = torch.autograd.grad(value, [zs[n] for n in ran], create_graph=True, allow_unused=True)
+    estimates: dict[str, list[float]] = {name: [0.0] for name, g in zip(ran, first, strict=True) if g is None}
+    ran = [name for name, g in zip(ran, first, strict=True) if g is not None]
+    grads = [g for g in first if g is not None]
+    if not ran:
+        return estimates
     n = batch_size(batch)
-    estimates: dict[str, list[float]] = {name: [] for name in ran}
+    estimates.update({name: [] for name in ran})
     for _ in range(n_probes):
         vs = [_rademacher(zs[name], gen) for name in ran]
         hvs = torch.autograd.grad(grads, [zs[name] for name in ran], grad_outputs=vs,

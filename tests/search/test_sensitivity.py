@@ -162,3 +162,26 @@ def test_bad_arguments_are_user_errors(prepared) -> None:
         measure_sensitivity(prepared, layers=["nope"])
     with pytest.raises(UserInputError, match="from 2 to 8"):
         Candidates(weight_bits=(1, 8))
+
+
+class _WithUnusedHead(torch.nn.Module):
+    """A pooler-like layer that runs but never reaches the output (as in BERT encoders)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(8, 4)
+        self.unused = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.body(x)
+        self.unused(y)
+        return y
+
+
+def test_hessian_proxy_handles_layers_outside_the_loss() -> None:
+    torch.manual_seed(0)
+    prepared = prepare(_WithUnusedHead(), [torch.randn(16, 8) for _ in range(2)])
+    table = measure_sensitivity(prepared, candidates=Candidates((2, 8), (8,)), proxy="hessian",
+                                loss="mse", show_progress=False)
+    assert all(v == 0.0 for v in table.values["unused"].values())
+    assert table.value("body", 2, 8) > table.value("body", 8, 8)
