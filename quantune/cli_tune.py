@@ -33,6 +33,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resize", type=int, default=256, help="short side before cropping")
     p.add_argument("--mean", type=float, nargs="+", default=[0.485, 0.456, 0.406])
     p.add_argument("--std", type=float, nargs="+", default=[0.229, 0.224, 0.225])
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (or minilm-l6) for .txt data; "
+                   "default: the model's own folder for Hugging Face models")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per sentence for .txt data")
     p.add_argument("--preset", choices=("quick", "full"), default="quick", help="data size of registry models")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     add_common_options(p)
@@ -79,7 +82,12 @@ def resolve_inputs(args: argparse.Namespace) -> tuple[Any, list[Any], list[Any],
         calib, evals = entry.calib_batches, entry.eval_batches
         metric = _metric_of_entry(entry)
     opts = ImageOptions(resize=args.resize, crop=args.image_size, mean=tuple(args.mean), std=tuple(args.std))
-    tokenizer = loaded.extras.get("tokenizer")
+    tokenizer = None
+    tok_spec = args.tokenizer or loaded.extras.get("tokenizer_dir")
+    if tok_spec and any(str(d).endswith(".txt") for d in (args.calib, args.eval) if d):
+        from quantune.text_data import make_tokenizer
+
+        tokenizer = make_tokenizer(tok_spec, loaded.model, args.max_length)
     if args.calib:
         calib = load_batches(args.calib, args.batch_size, image_options=opts, tokenizer=tokenizer)
     if args.eval:

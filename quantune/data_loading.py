@@ -100,7 +100,10 @@ def load_batches(
         return _split(obj, batch_size)
     if suffix == ".txt":
         if tokenizer is None:
-            raise UserInputError("A text file needs a model with a tokenizer (a Hugging Face folder or minilm-l6).")
+            raise UserInputError(
+                "A text file needs a tokenizer: pass --tokenizer DIR (or minilm-l6), or give a "
+                "Hugging Face model folder, whose tokenizer is used."
+            )
         lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
         if not lines:
             raise UserInputError(f"{path} holds no sentences.")

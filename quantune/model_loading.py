@@ -101,7 +101,8 @@ def _from_hf_folder(path: Path) -> LoadedModel:
         from transformers import AutoModel
     except ImportError as exc:
         raise UserInputError("Loading a Hugging Face folder needs transformers: pip install transformers.") from exc
-    return LoadedModel(AutoModel.from_pretrained(str(path)).eval(), str(path))
+    model = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
+    return LoadedModel(model, str(path), extras={"tokenizer_dir": str(path)})
 
 
 def _from_torch_file(path: Path, model_factory: str | None, trust_remote_code: bool) -> LoadedModel:
