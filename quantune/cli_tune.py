@@ -51,6 +51,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=None, help="search wall-time budget in seconds")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite in --out)")
     p.add_argument("--study", default="quantune", help="study name (same storage + name resumes)")
+    p.add_argument("--heartbeat", type=int, default=None, metavar="SECONDS",
+                   help="workers sharing the study send heartbeats; a dead worker's trial is failed "
+                   "after 2x this (default: 10 for server databases, off for SQLite; 0: off)")
     p.add_argument("--max-drop", type=float, default=None, help="accepted metric drop (points for percentages)")
     p.add_argument("--relative-drop", action="store_true", help="--max-drop is a fraction of the baseline")
     p.add_argument("--objectives", default="metric", help="metric, metric,size or metric,latency")
@@ -131,8 +134,10 @@ def load_space(spec: str | None, example: bool) -> dict[str, list[Any]] | None:
 
 def run(args: argparse.Namespace) -> int:
     from quantune.artifact import resolve_factory
+    from quantune.errors import QuantuneError
     from quantune.report import summary_table, trials_table
     from quantune.tune import tune
+    from quantune.workers import heartbeat_for
 
     loaded, calib, evals, default_metric, factory = resolve_inputs(args)
     eval_fn = resolve_factory(args.eval_fn) if args.eval_fn else None
@@ -141,17 +146,24 @@ def run(args: argparse.Namespace) -> int:
     trials = args.trials if args.trials is not None else (12 if args.example else 40)
     out = Path(args.out)
     storage = args.storage
+    created = not out.exists()
     if storage is None:
         out.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{(out / 'study.db').resolve()}"
-    result = tune(
-        loaded.model, calib, evals,
-        eval_fn=eval_fn, metric=args.metric or default_metric, dimensions=dimensions,
-        strategy=args.strategy, trials=trials, timeout_s=args.timeout, max_drop=args.max_drop,
-        relative_drop=args.relative_drop, objectives=objectives, storage=storage,
-        study_name=args.study, seed=args.seed, measure_latency=not args.no_latency,
-        show_progress=not args.quiet,
-    )
+    heartbeat = heartbeat_for(storage, args.heartbeat)
+    try:
+        result = tune(
+            loaded.model, calib, evals,
+            eval_fn=eval_fn, metric=args.metric or default_metric, dimensions=dimensions,
+            strategy=args.strategy, trials=trials, timeout_s=args.timeout, max_drop=args.max_drop,
+            relative_drop=args.relative_drop, objectives=objectives, storage=storage,
+            study_name=args.study, heartbeat_interval_s=heartbeat, seed=args.seed,
+            measure_latency=not args.no_latency, show_progress=not args.quiet,
+        )
+    except QuantuneError:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # refused before anything was written: leave no empty --out behind
+        raise
     written = result.save(str(out), factory=factory)
     print(trials_table(result, limit=None if args.debug else 15))
     print()

@@ -36,6 +36,18 @@ def _reiterable(data: Iterable[Any]) -> Iterable[Any]:
     return data
 
 
+def _check_finite(model: nn.Module) -> None:
+    """Refuse NaN/Inf weights: every quantization range computed from them is meaningless."""
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    bad = [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise UserInputError(
+            f"The model has NaN or Inf values in {shown}; quantization ranges cannot be "
+            "computed from them. Check the checkpoint (a diverged training run?) and load a finite one."
+        )
+
+
 class PreparedModel:
     """A float model made ready for quantization.
 
@@ -55,6 +67,7 @@ class PreparedModel:
         self.calib_data = _reiterable(calib_data)
         self.show_progress = show_progress
         self.float_model = copy.deepcopy(model).eval()
+        _check_finite(self.float_model)
         self.float_size_bytes = module_size_bytes(self.float_model)
         names = find_quantizable(self.float_model)
         if not names:

@@ -67,6 +67,7 @@ def tune(
     objectives: Sequence[str] = ("metric",),
     storage: str | None = None,
     study_name: str = "quantune",
+    heartbeat_interval_s: int | None = None,
     seed: int = 0,
     sensitivity_order: Sequence[str] = (),
     measure_latency: bool = True,
@@ -94,6 +95,9 @@ def tune(
         storage: Optuna storage URL (``sqlite:///study.db``, ``postgresql://...``);
             None keeps the study in memory.
         study_name: study name in the storage (same name + storage = resume).
+        heartbeat_interval_s: several workers share the study: detect dead workers by
+            heartbeat (see :func:`quantune.workers.heartbeat_for`); None: this process
+            owns the study and fails its left-over RUNNING trials at start.
         seed: seed of the search and of calibration.
         sensitivity_order: layers, most sensitive first, for the float_fallback dimension.
         measure_latency: time every trial's integer model on one evaluation batch.
@@ -163,6 +167,7 @@ def tune(
         timeout_s=timeout_s,
         storage=storage,
         study_name=study_name,
+        heartbeat_interval_s=heartbeat_interval_s,
         seed=seed,
         directions=directions,
         target=target,

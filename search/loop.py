@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -151,9 +152,18 @@ class SearchLoop:
         at the same instant can still draw the same one. Both record it before this
         check, so the later trial sees the earlier one and waits for its result instead
         of evaluating twice; the earlier one never waits, so there is no deadlock. If
-        the other worker dies, its heartbeat fails the trial and this one evaluates.
+        the other worker dies, its heartbeat stops and this loop fails its trial (Optuna
+        only does so when a trial starts, and every live worker may be waiting here),
+        then this one evaluates.
         """
+        from optuna.storages._heartbeat import is_heartbeat_enabled
+
+        heartbeat = is_heartbeat_enabled(self.study._storage)  # noqa: SLF001
         while True:
+            if heartbeat:
+                with warnings.catch_warnings():  # "experimental" since Optuna 2.9
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(self.study)
             running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if not any(t.number < number and trial_key(self.space, t) == key for t in running):
                 return
