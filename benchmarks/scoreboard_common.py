@@ -50,9 +50,6 @@ class Prepared:
     size_bytes: int | None
     prepare_s: float
     note: str = ""
-    # Slow by design (reference kernels): skip the metric when the projected evaluation
-    # time exceeds the run's budget; latency is still measured.
-    budgeted: bool = False
 
 
 def machine_description() -> str:
@@ -64,8 +61,12 @@ def machine_description() -> str:
             cpu = names[0]
     except OSError:
         pass
+    try:
+        load = f"load average {os.getloadavg()[0]:.1f}"
+    except OSError:
+        load = "load average unknown"
     return (
-        f"{cpu}, {os.cpu_count()} logical cores, {THREADS} threads; Linux {platform.release()}; "
+        f"{cpu}, {os.cpu_count()} logical cores ({load} at start), {THREADS} threads; Linux {platform.release()}; "
         f"Python {platform.python_version()}, torch {torch.__version__}"
     )
 

@@ -41,4 +41,4 @@ class QuantuneRunner:
         prepared = self._prepare()
         qmodel, secs = timed(lambda: prepared.quantize(CONFIGS[config_name], mode=mode))
         note = "fake-quant in float" if mode == "simulate" else "integer GEMM core (kernels as committed)"
-        return Prepared(qmodel, qmodel.size_bytes(), self._prepare_s + secs, note=note, budgeted=mode == "integer")
+        return Prepared(qmodel, qmodel.size_bytes(), self._prepare_s + secs, note=note)

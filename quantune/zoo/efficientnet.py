@@ -25,7 +25,7 @@ IMAGE_SIZE = 224
 MEAN = (127.0 / 255.0,) * 3
 STD = (128.0 / 255.0,) * 3
 SIZES = {
-    "quick": ZooSize(n_calib=32, n_eval=96, batch_size=16),
+    "quick": ZooSize(n_calib=16, n_eval=48, batch_size=16),
     "full": ZooSize(n_calib=256, n_eval=1024, batch_size=32),
 }
 

@@ -13,7 +13,7 @@ from quantune.zoo.evaluators import LabelledAccuracy
 
 NAME = "example"
 SIZES = {
-    "quick": ZooSize(n_calib=256, n_eval=512, batch_size=64),
+    "quick": ZooSize(n_calib=256, n_eval=100_000, batch_size=64),
     "full": ZooSize(n_calib=512, n_eval=100_000, batch_size=64),
 }
 

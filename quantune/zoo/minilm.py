@@ -29,7 +29,7 @@ NAME = "minilm-l6"
 # need more; longer ones are truncated for every method alike.
 MAX_TOKENS = 64
 SIZES = {
-    "quick": ZooSize(n_calib=64, n_eval=256, batch_size=32),
+    "quick": ZooSize(n_calib=32, n_eval=64, batch_size=32),
     "full": ZooSize(n_calib=256, n_eval=1024, batch_size=32),
 }
 _PURPOSE = "The minilm-l6 entry"
