@@ -21,6 +21,7 @@ from quantune.config import ActQuant, LayerQuantConfig, WeightQuant
 from quantune.errors import UserInputError
 from quantune.kernels.decide import PathDecision, measure_paths
 from quantune.kernels.dispatch import selected_backend
+from quantune.kernels.quantize_input import quantize_to_uint8
 from quantune.kernels.weights import QuantizedWeight
 from quantune.quantizer import fake_quantize, qrange, quantize, symmetric_qrange
 
@@ -189,14 +190,14 @@ class QuantizedLayer(nn.Module):
         Signed grids are shifted by +128 (codes and zero point alike), which leaves
         ``q - zero_point`` unchanged: the CPU kernels' fast path wants unsigned codes.
         The arithmetic is :func:`quantize`'s (``round(x / s) + z``, clamped), so the
-        codes equal :meth:`quantize_input`'s exactly.
+        codes equal :meth:`quantize_input`'s exactly; large inputs take one fused pass
+        (:mod:`quantune.kernels.quantize_input`).
         """
         lo, hi = self.a_qrange  # type: ignore[misc]
-        sx, zx = self._act_params()
+        _, zx = self._act_params()
         shift = 128 if lo < 0 else 0
-        q = torch.div(x.float(), self.a_scale)
-        q.round_().add_(zx + shift).clamp_(lo + shift, hi + shift)
-        return q.to(torch.uint8), zx + shift
+        q = quantize_to_uint8(x, self.a_scale, zx + shift, lo + shift, hi + shift)
+        return q, zx + shift
 
     def prepack(self) -> None:
         """Quantize the weight and pack it for the kernel backend now (not on first use).

@@ -100,3 +100,22 @@ def test_size_bytes_counts_packed_int4():
     q8 = _layer(nn.Linear(64, 32), wbits=8)
     q4 = _layer(nn.Linear(64, 32), wbits=4)
     assert q8.size_bytes() - q4.size_bytes() == 32 * 64 // 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_fused_quantize_is_bit_identical_to_the_quantizer(layout):
+    from quantune.kernels.quantize_input import quantize_to_uint8
+    from quantune.quantizer import quantize
+
+    x = torch.randn(4, 16, 40, 40) * 3
+    x[0, 0, 0, :20] = (torch.arange(20) - 10 + 0.5) * 0.02  # exact ties: half to even
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = x.transpose(2, 3)
+    scale = torch.tensor(0.02)
+    q = quantize_to_uint8(x, scale, 117, 0, 255)
+    assert torch.equal(q, quantize(x, scale, torch.tensor(117), 0, 255).to(torch.uint8))
+    if layout == "channels_last":
+        assert q.is_contiguous(memory_format=torch.channels_last)

