@@ -21,6 +21,7 @@ from quantune.config import ActQuant, LayerQuantConfig, WeightQuant
 from quantune.errors import UserInputError
 from quantune.kernels.decide import PathDecision, measure_paths
 from quantune.kernels.dispatch import selected_backend
+from quantune.kernels.onednn_pack import needs_split
 from quantune.kernels.quantize_input import quantize_to_uint8
 from quantune.kernels.weights import QuantizedWeight
 from quantune.quantizer import fake_quantize, qrange, quantize, symmetric_qrange
@@ -245,7 +246,10 @@ class QuantizedLayer(nn.Module):
         qx, zx = self.quantize_input_u8(x)
         op = self.kind
         backend = selected_backend(op, qx, qw) if self.backend == "auto" else self.backend
-        if not self._is_depthwise():
+        # Time the integer path against float where it may lose: depthwise layers
+        # (memory bound), and weights that need two GEMMs on CPUs without VNNI.
+        split = backend == "onednn" and needs_split(qw)
+        if not (self._is_depthwise() or split):
             return PathDecision("integer", backend)
         if self.backend != "auto":
             return PathDecision("integer", backend, "pinned")

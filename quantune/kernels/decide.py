@@ -1,9 +1,15 @@
-"""Per-layer path decisions by measured latency (e.g. depthwise: integer or float).
+"""Per-layer path decisions by measured latency: integer kernel or float.
 
-Depthwise convolutions do ``k*k`` MACs per output and are memory bound: an int8 kernel
-saves bandwidth on weights that are tiny anyway and may lose to the float kernel on
-some CPUs. Rather than guess, the layer times both paths once on its first real input
-and keeps the faster one; the decision is recorded for reports.
+Two kinds of layers can run slower on the integer path than in float:
+
+- depthwise convolutions do ``k*k`` MACs per output and are memory bound: an int8
+  kernel saves bandwidth on weights that are tiny anyway;
+- on x86 CPUs without VNNI, 8-bit weights with ``|w| > 64`` need two u8 x s8 GEMMs to
+  stay exact (see :mod:`quantune.kernels.onednn_pack`), which can cost more than fp32.
+
+Rather than guess, such a layer times both paths once on its first real input and keeps
+the faster one (the float path computes the simulated model: same codes, float
+accumulation); the decision is recorded for reports (``QuantizedLayer.integer_decision``).
 """
 
 from __future__ import annotations

@@ -64,6 +64,11 @@ def can_pack(weight: QuantizedWeight) -> bool:
     return weight.backend_cache[key]
 
 
+def needs_split(weight: QuantizedWeight) -> bool:
+    """Whether this weight runs as two GEMMs here (saturating CPU and ``|w| > 64``)."""
+    return cpu_caps.u8s8_saturates() and weight.max_abs_code() > _LIMIT
+
+
 def _split(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     if not cpu_caps.u8s8_saturates() or int(codes.to(torch.int16).abs().max()) <= _LIMIT:
         return codes, None
