@@ -151,14 +151,21 @@ def main(argv: list[str] | None = None) -> int:
             continue
         proxy = args.proxy or DEFAULT_PROXY.get(name, "hessian")
         rows += run_model(name, entry, proxy, max_samples, BUDGETS)
-    verdicts = check_targets(rows)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": machine(), "quick": args.quick, "rows": rows,
-                                     "targets": verdicts}, indent=2) + "\n")
+        write(args.json, rows, args.quick)  # after each model: a later crash keeps these rows
+    verdicts = write(args.json, rows, args.quick)
     print("\n".join(verdicts))
     print(f"json: {args.json}")
     plot(rows, args.json.with_suffix(".png"))
     return 0
+
+
+def write(path: Path, rows: list[dict[str, Any]], quick: bool) -> list[str]:
+    """Write the rows and the target verdicts; returns the verdicts."""
+    verdicts = check_targets(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine(), "quick": quick, "rows": rows,
+                                "targets": verdicts}, indent=2) + "\n")
+    return verdicts
 
 
 def machine() -> dict[str, Any]:
