@@ -22,7 +22,12 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_interleaved(
+def time_interleaved(fns: Mapping[str, Callable[[], object]], **kwargs: object) -> dict[str, float]:
+    """Median milliseconds of each callable, timed round-robin (see :func:`time_stats`)."""
+    return {name: st["median_ms"] for name, st in time_stats(fns, **kwargs).items()}  # type: ignore[arg-type]
+
+
+def time_stats(
     fns: Mapping[str, Callable[[], object]],
     *,
     min_rounds: int = 7,
@@ -30,8 +35,12 @@ def time_interleaved(
     budget_s: float = 2.0,
     warmup: int = 3,
     device: str = "cpu",
-) -> dict[str, float]:
-    """Median milliseconds of each callable, timed round-robin.
+) -> dict[str, dict[str, float]]:
+    """Median and minimum milliseconds of each callable, timed round-robin.
+
+    The minimum is the better estimate of the uncontended time on an oversubscribed
+    machine (a sample can only be slowed down by other load, never sped up); the
+    median is what the benchmarks report by default.
 
     Args:
         fns: name -> zero-argument callable (one call = one timed sample).
@@ -43,7 +52,7 @@ def time_interleaved(
         device: ``cpu`` or ``cuda`` (synchronizes around each sample).
 
     Returns:
-        name -> median milliseconds.
+        name -> ``{"median_ms": ..., "min_ms": ..., "rounds": ...}``.
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -59,4 +68,7 @@ def time_interleaved(
             samples[name].append(time.perf_counter() - t0)
         if r + 1 >= min_rounds and time.perf_counter() - start > budget_s:
             break
-    return {name: statistics.median(s) * 1e3 for name, s in samples.items()}
+    return {
+        name: {"median_ms": statistics.median(s) * 1e3, "min_ms": min(s) * 1e3, "rounds": len(s)}
+        for name, s in samples.items()
+    }
