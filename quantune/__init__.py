@@ -41,14 +41,20 @@ __all__ = sorted(_LAZY) + ["__version__"]
 if TYPE_CHECKING:
     from quantune.artifact import load, save
     from quantune.check import CheckResult, check
+    from quantune.config import (
+        ActQuant,
+        CalibrationProcedure,
+        LayerQuantConfig,
+        QuantConfig,
+        WeightQuant,
+    )
+    from quantune.errors import QuantuneError, UserInputError
+    from quantune.prepare import PreparedModel, prepare, quantize
+    from quantune.quantized_model import QuantizedModel
     from quantune.search.allocation import Allocation, Budget, apply_allocation
     from quantune.search.bits_api import AllocationOptions, allocate_bits
     from quantune.tune import tune
     from quantune.tune_result import TuneResult
-    from quantune.config import ActQuant, CalibrationProcedure, LayerQuantConfig, QuantConfig, WeightQuant
-    from quantune.errors import QuantuneError, UserInputError
-    from quantune.prepare import PreparedModel, prepare, quantize
-    from quantune.quantized_model import QuantizedModel
 
 
 def __getattr__(name: str) -> Any:

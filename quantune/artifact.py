@@ -30,6 +30,7 @@ from quantune.bn_folding import fold_batchnorm, set_submodule
 from quantune.capture import LayerInfo
 from quantune.config import QuantConfig
 from quantune.errors import ConfigVersionError, UserInputError
+from quantune.jsonio import read_json_file
 from quantune.modules import QuantizedLayer
 from quantune.quantized_model import QuantizedModel
 from quantune.quantizer import dequantize
@@ -117,13 +118,9 @@ def save(
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
-    meta_path = path / META
-    if not meta_path.is_file():
+    if not (path / META).is_file():
         raise UserInputError(f"{path} is not a quantune artifact (no {META}); save one with quantune.save.")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserInputError(f"{meta_path} is corrupt: {exc}.") from exc
+    meta = read_json_file(path / META, "Artifact metadata")
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ConfigVersionError(

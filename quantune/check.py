@@ -7,7 +7,6 @@ baseline's quantized metric, or a model larger than ``max_size`` bytes.
 
 from __future__ import annotations
 
-import json
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Sequence
@@ -20,6 +19,7 @@ from torch import nn
 from quantune.config import QuantConfig
 from quantune.errors import UserInputError
 from quantune.evaluation import Evaluator
+from quantune.jsonio import read_json_file
 from quantune.prepare import quantize
 
 
@@ -79,13 +79,7 @@ def read_baseline(baseline: str | Path | dict[str, Any]) -> dict[str, Any]:
     if isinstance(baseline, dict):
         report = baseline
     else:
-        p = Path(baseline)
-        if not p.is_file():
-            raise UserInputError(f"Baseline report {p} does not exist; run quantune tune first.")
-        try:
-            report = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserInputError(f"Baseline report {p} is not valid JSON: {exc}.") from exc
+        report = read_json_file(baseline, "Baseline report", "run quantune tune first")
     try:
         float(report["best"]["metric"])
         str(report["metric_name"])

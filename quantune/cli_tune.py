@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -120,13 +119,10 @@ def load_space(spec: str | None, example: bool) -> dict[str, list[Any]] | None:
         return {k: list(v) for k, v in QUICK_DIMENSIONS.items()}
     if spec == "full":
         return {k: list(v) for k, v in DEFAULT_DIMENSIONS.items()}
+    from quantune.jsonio import read_json_file
+
     path = Path(spec)
-    if not path.is_file():
-        raise UserInputError(f"--space must be 'quick', 'full' or a JSON file; {spec} does not exist.")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserInputError(f"{path} is not valid JSON: {exc}.") from exc
+    data = read_json_file(path, "--space file", "use 'quick', 'full' or a JSON file")
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise UserInputError(f"{path} must hold an object {{dimension: [values, ...]}}.")
     return data
@@ -179,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     plots = [v for k, v in written.items() if k.endswith('.png')]
     if plots:
         print(f"plots              : {', '.join(plots)}")
-    print(f"study              : {storage} (study {result.study_name!r}; rerun the same command to resume)")
+    print(f"study              : {result.storage} (study {result.study_name!r}; rerun the same command to resume)")
     model_arg = "--example" if args.example else args.model
     print(f"check in CI        : quantune check {model_arg} --config {written['config.json']} "
           f"--baseline {written['report.json']} --max-drop 1.0")
