@@ -10,8 +10,10 @@ W8A8 config on the entry's calibration batches, then time the float model and th
 integer-mode model round-robin in one process (see ``_timing.py``) on the issue's input
 sizes (EfficientNet-Lite0: batch 8 x 224 x 224; MiniLM-L6: batch 32 x 128 tokens).
 Fidelity (the entry's evaluator) is reported for the integer and the simulated model,
-which must agree. Rows: ``model``, ``input``, ``fp32_ms``, ``int8_ms``, ``speedup``,
-``fidelity_integer``, ``fidelity_simulate``, ``integer_paths``.
+which must agree; the ONNX Runtime int8 model of the same network (``_ort_peer.py``)
+runs in the same timing loop when onnxruntime is installed. Rows: ``model``, ``input``,
+``fp32_ms``, ``int8_ms``, ``speedup``, ``ort_int8_ms``, ``speedup_ort_int8`` (or
+``ort_int8_note``), ``fidelity_integer``, ``fidelity_simulate``, ``integer_paths``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _ort_peer import build_ort_int8  # noqa: E402
 from _timing import time_interleaved  # noqa: E402
 
 import quantune  # noqa: E402
@@ -71,9 +74,12 @@ def bench_model(name: str, evaluate: bool, budget_s: float) -> dict[str, Any] | 
         qmodel = quantune.quantize(entry.model, QuantConfig(), entry.calib_batches, mode="integer")
     x, label = timing_input(name, entry)
     float_model = entry.model.eval()
+    fns = {"fp32": lambda: _call(float_model, x), "int8": lambda: _call(qmodel, x)}
+    ort_int8 = build_ort_int8(float_model, entry.calib_batches, x, entry.input_names, torch.get_num_threads())
+    if callable(ort_int8):
+        fns["ort_int8"] = ort_int8
     with torch.no_grad():
-        ms = time_interleaved({"fp32": lambda: _call(float_model, x), "int8": lambda: _call(qmodel, x)},
-                              min_rounds=5, budget_s=budget_s, warmup=2)
+        ms = time_interleaved(fns, min_rounds=5, budget_s=budget_s, warmup=2)
     paths = Counter(
         f"{m.integer_decision.path}:{m.integer_decision.backend}"
         for m in qmodel.quantized_layers().values() if m.integer_decision is not None
@@ -81,6 +87,11 @@ def bench_model(name: str, evaluate: bool, budget_s: float) -> dict[str, Any] | 
     row: dict[str, Any] = {"model": name, "input": label, "fp32_ms": round(ms["fp32"], 3),
                            "int8_ms": round(ms["int8"], 3), "speedup": round(ms["fp32"] / ms["int8"], 3),
                            "integer_paths": dict(paths)}
+    if "ort_int8" in ms:
+        row["ort_int8_ms"] = round(ms["ort_int8"], 3)
+        row["speedup_ort_int8"] = round(ms["fp32"] / ms["ort_int8"], 3)
+    else:
+        row["ort_int8_note"] = ort_int8
     if evaluate:
         with torch.no_grad():
             row["fidelity_integer"] = entry.evaluate(qmodel)
@@ -109,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         if row is None:
             continue
         rows.append(row)
+        ort = (f"ort_int8 {row['ort_int8_ms']:9.2f} ms x{row['speedup_ort_int8']:.2f}"
+               if "ort_int8_ms" in row else f"ort_int8: {row['ort_int8_note']}")
         print(f"{name:<20} {row['input']:<14} fp32 {row['fp32_ms']:9.2f} ms  int8 {row['int8_ms']:9.2f} ms"
-              f"  x{row['speedup']:.2f}  paths={row['integer_paths']}")
+              f"  x{row['speedup']:.2f}  {ort}  paths={row['integer_paths']}")
         for key in ("fidelity_integer", "fidelity_simulate"):
             if key in row:
                 print(f"{'':<20} {key}: {row[key]}")
