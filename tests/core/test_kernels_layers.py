@@ -119,3 +119,17 @@ def test_fused_quantize_is_bit_identical_to_the_quantizer(layout):
     assert torch.equal(q, quantize(x, scale, torch.tensor(117), 0, 255).to(torch.uint8))
     if layout == "channels_last":
         assert q.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_two_gemm_weights_are_measured_on_saturating_cpus():
+    from quantune.kernels import cpu_caps
+
+    q = _layer(nn.Linear(64, 32))  # per-channel max codes are +-127
+    q.mode = "integer"
+    q(torch.randn(4, 64))
+    expected = "measured" if cpu_caps.u8s8_saturates() else "default"
+    assert q.integer_decision.reason == expected
+    q7 = _layer(nn.Linear(64, 32), wbits=7)  # |w| <= 63: one saturation-free GEMM
+    q7.mode = "integer"
+    q7(torch.randn(4, 64))
+    assert q7.integer_decision.reason == "default" and q7.integer_decision.path == "integer"
