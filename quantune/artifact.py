@@ -100,6 +100,12 @@ def save(
         "float_size_bytes": qmodel.float_size_bytes,
         "size_bytes": qmodel.size_bytes(),
         "mode": qmodel.mode,
+        # Measured integer-vs-float path choices, so a loaded model runs exactly as saved.
+        "path_decisions": {
+            n: m.integer_decision.as_dict()
+            for n, m in qmodel.quantized_layers().items()
+            if getattr(m, "integer_decision", None) is not None
+        },
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".quantune-", dir=path.parent))
@@ -182,6 +188,10 @@ def _rebuild(base: nn.Module, meta: dict[str, Any], config: QuantConfig, path: P
         axis = 0 if scale.dim() == 1 else None
         state[f"{name}.weight"] = dequantize(codes, scale, zp, axis).reshape(qlayer.weight.shape)
         set_submodule(model, name, qlayer)
+    from quantune.kernels.decide import PathDecision
+
+    for name, decision in meta.get("path_decisions", {}).items():
+        model.get_submodule(name).integer_decision = PathDecision(**decision)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserInputError(
