@@ -52,6 +52,7 @@ def build_ort_int8(
         return "onnxruntime not installed (pip install 'quantune[peers]')"
 
     names = list(input_names)
+    ort.set_default_logger_severity(3)  # errors only: exported graphs log many harmless notes
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -78,6 +79,7 @@ def build_ort_int8(
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
         sess = ort.InferenceSession(str(int8_path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - a peer that cannot be built is reported, not fatal
         return f"ORT int8 build failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
