@@ -13,7 +13,7 @@ Accepted:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,23 @@ def _split(obj: Any, batch_size: int) -> list[Any]:
     )
 
 
+class FactoryBatches:
+    """Re-iterable batches of a factory that returns one-shot iterators (generators).
+
+    Every pass after the first calls the factory again, so calibration streams the
+    batches as often as it needs to and never holds the whole data set (a plain
+    generator would have to be materialized to be read twice).
+    """
+
+    def __init__(self, factory: Callable[[], Iterable[Any]], first: Iterable[Any]) -> None:
+        self._factory = factory
+        self._first: Iterable[Any] | None = first
+
+    def __iter__(self) -> Iterator[Any]:
+        first, self._first = self._first, None
+        return iter(first if first is not None else self._factory())
+
+
 def load_batches(
     spec: str,
     batch_size: int = 32,
@@ -70,10 +87,11 @@ def load_batches(
     path = Path(spec)
     if not path.exists():
         if ":" in spec:
-            data = resolve_factory(spec)()
+            factory = resolve_factory(spec)
+            data = factory()
             if not isinstance(data, Iterable):
                 raise UserInputError(f"Data factory {spec!r} must return an iterable of batches.")
-            return data
+            return FactoryBatches(factory, data) if iter(data) is data else data
         raise UserInputError(f"Data {spec!r} does not exist (a file, a folder, or pkg.module:function).")
     if path.is_dir():
         return _image_folder(path, batch_size, image_options or ImageOptions())
@@ -93,10 +111,10 @@ def load_batches(
         with _np_load(path) as z:
             x_key = next((k for k in ("inputs", "x", "images", "data") if k in z), None) or z.files[0]
             y_key = next((k for k in ("labels", "y", "targets") if k in z), None)
-            x = torch.from_numpy(z[x_key])
+            x = torch.from_numpy(_npz_array(z, x_key, path))
             if x.dtype == torch.float64:
                 x = x.float()
-            obj: Any = (x, torch.from_numpy(z[y_key]).long()) if y_key else x
+            obj: Any = (x, torch.from_numpy(_npz_array(z, y_key, path)).long()) if y_key else x
         return _split(obj, batch_size)
     if suffix == ".txt":
         if tokenizer is None:
@@ -118,6 +136,17 @@ def _np_load(path: Path) -> Any:
         raise UserInputError(f"{path} cannot be read with numpy ({exc}); is it truncated?") from exc
     if isinstance(arr, np.ndarray) and arr.dtype == np.float64:
         arr = arr.astype(np.float32)
+    return arr
+
+
+def _npz_array(z: Any, key: str, path: Path) -> np.ndarray:
+    """Member ``key`` of an open ``.npz``; a clear error for damaged or non-array members."""
+    try:
+        arr = z[key]
+    except Exception as exc:  # zipfile/numpy errors of a damaged member
+        raise UserInputError(f"{path}: array {key!r} cannot be read ({exc}); is the file damaged?") from exc
+    if not isinstance(arr, np.ndarray):
+        raise UserInputError(f"{path}: {key!r} is not a numpy array; write the file with numpy.savez.")
     return arr
 
 

@@ -45,6 +45,12 @@ def model_descriptor(prepared: PreparedModel) -> dict[str, float]:
     }
 
 
+def _display_url(storage: str | None) -> str | None:
+    from quantune.workers import display_url
+
+    return display_url(storage)
+
+
 def _default_metric(eval_batches: Sequence[Any]) -> str:
     from quantune.batches import batch_labels
 
@@ -118,6 +124,11 @@ def tune(
         raise UserInputError(f"objectives must start with 'metric' and use {OBJECTIVES}; got {objectives}.")
     started = time.perf_counter()
     prepared = prepared or PreparedModel(model, calib_data, show_progress=show_progress)
+    if isinstance(storage, str) and "://" in storage:
+        from quantune.workers import ensure_storage, storage_url
+
+        storage = storage_url(storage)  # a PostgreSQL driver that is installed
+        ensure_storage(storage)  # workers starting together race to create the tables
     eval_batches = list(eval_data) if eval_data is not None else []
     if eval_fn is None and not eval_batches:
         raise UserInputError("Give evaluation data (eval_data) or an eval_fn to score configurations.")
@@ -208,7 +219,7 @@ def tune(
         stop_reason=search.stop_reason,
         n_evaluations=search.n_evaluations,
         study_name=search.study_name,
-        storage=storage,
+        storage=_display_url(storage),
         wall_s=time.perf_counter() - started,
         layers=[info.to_dict() for info in prepared.layers],
         bn_pairs=prepared.bn_pairs,

@@ -24,6 +24,7 @@ more than once, stale and failed trials, trials still RUNNING.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,66 @@ def heartbeat_for(storage: str | None, requested: int | None = None) -> int | No
     return DEFAULT_HEARTBEAT_S
 
 
+def storage_url(storage: str) -> str:
+    """``storage`` with a PostgreSQL driver that is installed.
+
+    SQLAlchemy 2.1 reads a bare ``postgresql://`` URL as psycopg 3, SQLAlchemy 2.0 as
+    psycopg2: a bare URL gets whichever of the two is importable (``postgres://``, as
+    Heroku-style services print it, too). Explicit ``postgresql+driver://`` URLs and
+    other databases are returned unchanged.
+
+    Raises:
+        UserInputError: a PostgreSQL URL and neither driver is installed.
+    """
+    import importlib.util
+
+    scheme, sep, rest = storage.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return storage
+    for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return f"postgresql+{driver}://{rest}"
+    raise UserInputError(
+        "A PostgreSQL storage needs a driver: pip install 'quantune[postgres]' (psycopg2-binary)."
+    )
+
+
+def display_url(storage: str | None) -> str | None:
+    """``storage`` with its password masked, for logs and reports."""
+    if storage is None or "://" not in storage:
+        return storage
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(storage).render_as_string(hide_password=True)
+    except ArgumentError:
+        return storage
+
+
+def ensure_storage(storage: str, attempts: int = 8, pause_s: float = 0.5) -> None:
+    """Create the schema of an empty RDB storage, tolerating workers that race to do it.
+
+    Workers started together on a fresh database all find no tables and all create
+    them; every loser of that race fails on the schema-version row (an integrity error)
+    or on a lock. Retrying finds the tables made by the winner.
+
+    Raises:
+        UserInputError: the database still cannot be opened after ``attempts`` tries.
+    """
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(attempts):
+        try:
+            optuna.storages.RDBStorage(storage).remove_session()
+            return
+        except SQLAlchemyError as exc:
+            if attempt == attempts - 1:
+                raise UserInputError(f"Cannot open the study storage {storage}: {exc}") from exc
+            time.sleep(pause_s * (1 + attempt))
+
+
 @dataclass(frozen=True)
 class StudyAudit:
     """What a (multi-worker) study holds, as the reliability checks count it.
@@ -98,7 +159,7 @@ def audit_study(storage: str, study_name: str) -> StudyAudit:
 
     from quantune.search.optuna_bridge import CACHED_ATTR, KEY_ATTR, is_stale
 
-    trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
+    trials = optuna.load_study(study_name=study_name, storage=storage_url(storage)).get_trials(deepcopy=False)
     states = Counter(t.state.name for t in trials)
     evaluated = [t for t in trials if t.state.name == "COMPLETE" and not t.user_attrs.get(CACHED_ATTR)]
     keys = Counter(str(t.user_attrs.get(KEY_ATTR)) for t in evaluated)
