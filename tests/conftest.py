@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
+# The fused (torch.compile) activation quantizer costs a one-time compile of tens of
+# seconds per process; the suite runs the bit-identical eager path except where a test
+# asks for the compiled one explicitly (tests/core/test_kernels*.py).
+os.environ.setdefault("QUANTUNE_EAGER_QUANTIZE", "1")
+
+import pytest  # noqa: E402
 import torch
 from torch import nn
 

@@ -104,8 +104,11 @@ def test_size_bytes_counts_packed_int4():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-def test_fused_quantize_is_bit_identical_to_the_quantizer(layout):
+def test_fused_quantize_is_bit_identical_to_the_quantizer(layout, monkeypatch):
     from quantune.kernels.quantize_input import quantize_to_uint8
+
+    # tests/conftest.py turns compilation off for speed; this test is about the compiled path.
+    monkeypatch.setattr("quantune.kernels.quantize_input._disabled", False)
     from quantune.quantizer import quantize
 
     x = torch.randn(4, 16, 40, 40) * 3
