@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(Row(model_name, "fp32", "", None, error=f"{type(exc).__name__}: {exc}", machine=machine))
                 continue
             notes.append(
-                f"{model_name}: {entry.description}; {entry.size.n_calib} calibration / {entry.size.n_eval} "
+                f"{model_name}: {entry.description}; {sum(batch_size(b) for b in entry.calib_batches)} calibration / "
+                f"{sum(batch_size(b) for b in entry.eval_batches)} "
                 f"evaluation inputs from disjoint sources ({len(entry.calib_sources)} vs {len(entry.eval_sources)})."
             )
             workdir = Path(tmp) / model_name
