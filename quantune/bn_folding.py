@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from quantune.capture import layer_kind
+
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
@@ -38,12 +40,13 @@ def find_bn_pairs(model: nn.Module, run: Callable[[], Any]) -> list[tuple[str, s
         def fn(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
             calls[name] = calls.get(name, 0) + 1
             consumed[name] = id(inputs[0])
+            keep_alive.append(inputs[0])  # a freed input's id could be reused by a later output
 
         return fn
 
     handles = []
     for n, m in modules.items():
-        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear):
+        if layer_kind(m) is not None:
             handles.append(m.register_forward_hook(layer_hook(n)))
         elif isinstance(m, _BN_TYPES) and m.track_running_stats and m.running_mean is not None:
             handles.append(m.register_forward_pre_hook(bn_hook(n)))

@@ -63,8 +63,25 @@ class LayerInfo:
         return d
 
 
+def has_custom_forward(module: nn.Module) -> bool:
+    """A Linear/Conv subclass that overrides ``forward`` (or ``_conv_forward``).
+
+    Such layers do more than the op (TF-style "same" padding, weight standardization,
+    ...); swapping them for a quantized op would silently drop that, so they stay float.
+    """
+    for base in (nn.Linear, nn.Conv1d, nn.Conv2d):
+        if isinstance(module, base):
+            if type(module).forward is not base.forward:
+                return True
+            conv_fwd = getattr(base, "_conv_forward", None)
+            return conv_fwd is not None and type(module)._conv_forward is not conv_fwd  # type: ignore[attr-defined]
+    return False
+
+
 def layer_kind(module: nn.Module) -> str | None:
     """``linear`` / ``conv1d`` / ``conv2d`` for quantizable modules, else None."""
+    if has_custom_forward(module):
+        return None
     if isinstance(module, nn.Linear):
         return "linear"
     if isinstance(module, nn.Conv2d):
@@ -82,9 +99,9 @@ def find_quantizable(model: nn.Module) -> list[str]:
 def find_unsupported(model: nn.Module) -> list[tuple[str, str]]:
     """``(name, type)`` of weighted layers that stay float because quantune can't quantize them."""
     return [
-        (n, type(m).__name__)
+        (n, type(m).__name__ + (" (custom forward)" if has_custom_forward(m) else ""))
         for n, m in model.named_modules()
-        if isinstance(m, UNSUPPORTED_WEIGHTED_TYPES)
+        if isinstance(m, UNSUPPORTED_WEIGHTED_TYPES) or has_custom_forward(m)
     ]
 
 

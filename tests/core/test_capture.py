@@ -55,3 +55,16 @@ def test_bn_reading_a_sum_is_not_folded():
 def test_unsupported_layers_are_listed():
     m = nn.Sequential(nn.Conv3d(1, 2, 1), nn.Flatten(), nn.LSTM(4, 4))
     assert [t for _, t in find_unsupported(m)] == ["Conv3d", "LSTM"]
+
+
+class _SamePadConv(nn.Conv2d):
+    """TF-style 'same' padding done in forward: must not be swapped for a plain conv."""
+
+    def forward(self, x):
+        return super().forward(nn.functional.pad(x, (0, 1, 0, 1)))
+
+
+def test_subclass_with_custom_forward_is_kept_float():
+    m = nn.Sequential(_SamePadConv(3, 4, 2), nn.Conv2d(4, 4, 1))
+    assert find_quantizable(m) == ["1"]
+    assert find_unsupported(m) == [("0", "_SamePadConv (custom forward)")]
