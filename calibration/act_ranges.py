@@ -7,11 +7,10 @@ per model, so trying another method (or another bit width) never touches the dat
 from __future__ import annotations
 
 from quantune.calibration import aciq
-from quantune.calibration.entropy import entropy_thresholds, levels_for
+from quantune.calibration.entropy import entropy_thresholds, levels_for, min_bins
 from quantune.calibration.hist_ops import abs_histogram, mean_abs_deviation, one_sided
-from quantune.calibration.histogram import DEFAULT_BINS, StreamingHistogram
+from quantune.calibration.histogram import StreamingHistogram
 from quantune.calibration.mse import activation_mse_range
-
 from quantune.config import ActQuant
 from quantune.modules import act_qrange
 
@@ -36,12 +35,21 @@ def act_entropy(h: StreamingHistogram, spec: ActQuant) -> tuple[float, float]:
     """KL-divergence threshold on the histogram of ``|x|`` (TensorRT's entropy calibrator).
 
     Non-negative data on an unsigned grid uses all ``2**bits`` levels below the
-    threshold; otherwise half of them (a symmetric view of the data).
+    threshold; otherwise half of them (a symmetric view of the data). The ``|x|``
+    histogram has as many bins as the streamed histogram has over ``[0, max|x|]`` (finer
+    bins would only interpolate, hiding the rounding error the comparison must see);
+    when that is too coarse for a clipping window of
+    :data:`~quantune.calibration.entropy.MIN_BINS_PER_LEVEL` bins per level, the range
+    stays min/max.
     """
-    counts, amax = abs_histogram(h, DEFAULT_BINS)
     n_levels = levels_for(spec.bits, one_sided(h) and not spec.symmetric)
+    amax = max(abs(h.min), abs(h.max), 1e-12)
+    bins = min(int(round(amax / h.bin_width)), 4 * h.bins)
+    if bins <= min_bins(n_levels):
+        return h.min, h.max
+    counts, amax = abs_histogram(h, bins)
     i = int(entropy_thresholds(counts[None, :], n_levels)[0])
-    t = i * amax / DEFAULT_BINS
+    t = i * amax / bins
     return max(h.min, -t), min(h.max, t)
 
 

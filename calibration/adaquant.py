@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from quantune.calibration.layer_io import LayerSamples
 
+from quantune.calibration.layer_io import LayerSamples
 from quantune.modules import QuantizedLayer
 from quantune.quantizer import fake_quantize
 

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from quantune.calibration.channel_stats import ChannelMoments
-from quantune.calibration.layer_io import StopForward
-from quantune.calibration.layerwise import execution_order
 from torch import nn
 
 from quantune.batches import run_model
+from quantune.calibration.channel_stats import ChannelMoments
+from quantune.calibration.layer_io import StopForward
+from quantune.calibration.layerwise import execution_order
 from quantune.modules import QuantizedLayer
 from quantune.progress import progress_bar
 

@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from quantune.calibration.channel_stats import ChannelMoments, channel_dims, channel_view
-from quantune.calibration.ranges import weight_range
 from torch import nn
 
 from quantune.batches import run_model
+from quantune.calibration.channel_stats import ChannelMoments, channel_dims, channel_view
+from quantune.calibration.ranges import weight_range
 from quantune.modules import QuantizedLayer
 from quantune.quantizer import qparams_from_range
 

@@ -6,10 +6,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from quantune.calibration.histogram import DEFAULT_BINS, StreamingHistogram
 from torch import nn
 
 from quantune.batches import batch_size, iter_batches, run_checked
+from quantune.calibration.histogram import DEFAULT_BINS, StreamingHistogram
 from quantune.progress import progress_bar
 
 

@@ -9,6 +9,7 @@ and integrate quantization error over sub-points of each bin.
 from __future__ import annotations
 
 import torch
+
 from quantune.calibration.histogram import StreamingHistogram
 
 

@@ -13,7 +13,9 @@ import math
 
 import torch
 
-DEFAULT_BINS = 2048
+# 8192 bins (64 KiB per observed tensor): the entropy method needs >= 4 bins per level
+# of an 8-bit unsigned grid (1024) in any window it may clip to, down to 1/8 of the range.
+DEFAULT_BINS = 8192
 
 
 class StreamingHistogram:

@@ -7,6 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
+
+from quantune.batches import batch_size, run_model
 from quantune.calibration.adaquant import AdaQuantResult, adaquant_layer
 from quantune.calibration.layer_io import (
     RowSelector,
@@ -14,9 +17,6 @@ from quantune.calibration.layer_io import (
     collect_layer_samples,
     rows_per_sample,
 )
-from torch import nn
-
-from quantune.batches import batch_size, run_model
 from quantune.capture import LayerInfo
 from quantune.config import CalibrationProcedure
 from quantune.modules import QuantizedLayer

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
 from quantune.calibration.hist_ops import one_sided, sample_points
 from quantune.calibration.histogram import StreamingHistogram
-
 from quantune.quantizer import qparams_from_range
 
 COARSE_RATIOS = 24

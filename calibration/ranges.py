@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
 from quantune.calibration.act_ranges import (
     act_aciq,
     act_entropy,
@@ -28,7 +29,6 @@ from quantune.calibration.weight_ranges import (
     weight_percentile,
     weight_rows,
 )
-
 from quantune.config import ActQuant, WeightQuant
 from quantune.errors import UserInputError
 

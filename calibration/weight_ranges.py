@@ -7,18 +7,19 @@ per-tensor spec is the single-row case.
 from __future__ import annotations
 
 import torch
-from quantune.calibration import aciq
-from quantune.calibration.entropy import abs_histograms, entropy_thresholds, levels_for
-from quantune.calibration.mse import weight_mse_range
 
+from quantune.calibration import aciq
+from quantune.calibration.entropy import abs_histograms, entropy_thresholds, levels_for, min_bins
+from quantune.calibration.mse import weight_mse_range
 from quantune.config import WeightQuant
 from quantune.modules import weight_qrange
 
-# Entropy compares distributions over 4 histogram bins per quantization level; with
+# Entropy needs a window of MIN_BINS_PER_LEVEL histogram bins per quantization level
+# (see quantune.calibration.entropy) and room below the full range to clip into; with
 # fewer than ~16 values per bin the histogram is sampling noise and the divergence
-# picks arbitrary thresholds, so such rows keep min/max (per-channel 8-bit weights
-# almost always, depthwise 3x3 kernels at any width).
-_BINS_PER_LEVEL = 4
+# picks arbitrary thresholds. Rows too small for both keep min/max (per-channel 8-bit
+# weights almost always, depthwise 3x3 kernels at any width).
+_CLIP_ROOM = 8  # the histogram spans 8x the smallest window: thresholds down to amax/8
 _MIN_VALUES_PER_BIN = 16
 
 
@@ -41,8 +42,8 @@ def weight_entropy(rows: torch.Tensor, spec: WeightQuant) -> tuple[torch.Tensor,
     """Per-row KL threshold on ``|w|`` (half the levels per side, like a symmetric grid)."""
     n_levels = levels_for(spec.bits, one_sided=False)
     lo, hi = rows.amin(1), rows.amax(1)
-    bins = max(_BINS_PER_LEVEL * n_levels, 64)
-    if rows.shape[1] < _MIN_VALUES_PER_BIN * bins:
+    bins = min(_CLIP_ROOM * min_bins(n_levels), rows.shape[1] // _MIN_VALUES_PER_BIN)
+    if bins <= min_bins(n_levels):
         return lo, hi
     counts, amax = abs_histograms(rows, bins)
     t = (entropy_thresholds(counts, n_levels).double() * amax / bins).float()

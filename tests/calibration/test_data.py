@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from quantune.calibration.data import count_samples, seeded_subset
 from torch import nn
 
+from quantune.calibration.data import count_samples, seeded_subset
 from quantune.errors import UserInputError
 from quantune.prepare import prepare
 

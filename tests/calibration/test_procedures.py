@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from quantune.calibration.adaquant import adaquant_layer
 from quantune.calibration.layer_io import RowSelector, collect_layer_samples
-
 from quantune.config import (
     ActQuant,
     CalibrationProcedure,
