@@ -15,6 +15,7 @@ kill every worker in turn (see :mod:`quantune.workers`).
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -100,16 +101,18 @@ def test_sigkilled_worker_is_failed_stale_and_a_restart_resumes(
 
 
 def test_sqlite_worker_killed_inside_a_commit_resumes(tmp_path: Path, start_worker) -> None:
-    """The only worker of an SQLite study SIGKILLed inside a database commit, twice.
+    """The only worker of an SQLite study SIGKILLed inside a database commit.
 
-    The first kill lands mid-search (commit 60 of ~150), the second early in the resumed
-    run (commit 25: reading the study back, failing the dead trial). Each time the file
-    passes ``PRAGMA integrity_check`` and the same command resumes; the trial running at
+    The kill lands mid-search (commit 60 of ~150: the third trial), with the
+    transaction's rows written and its commit not. The file passes ``PRAGMA
+    integrity_check``, opens again, and the same command resumes; the trial running at
     the kill is failed as stale at restart (one process owns the file: no heartbeat).
+    ``KILL_AT_COMMITS`` (comma list) adds kills, e.g. ``60,25`` also kills the resumed
+    run while it reads the study back and fails the dead trial.
     """
     db = tmp_path / "study.db"
     storage, study = f"sqlite:///{db}", "killed-in-write"
-    for at in (60, 25):
+    for at in (int(a) for a in os.environ.get("KILL_AT_COMMITS", "60").split(",")):
         proc = start_worker(storage, study, f"killed{at}", script="kill_in_commit.py",
                             env={"KILL_AT_COMMIT": str(at)})
         assert proc.wait(timeout=WAIT_S) == -signal.SIGKILL, (tmp_path / f"killed{at}.log").read_text()[-3000:]
