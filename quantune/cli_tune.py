@@ -154,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
             strategy=args.strategy, trials=trials, timeout_s=args.timeout, max_drop=args.max_drop,
             relative_drop=args.relative_drop, objectives=objectives, storage=storage,
             study_name=args.study, heartbeat_interval_s=heartbeat, seed=args.seed,
-            measure_latency=not args.no_latency, show_progress=not args.quiet,
+            measure_latency=not args.no_latency, trial_latency=False if args.no_latency else None,
+            show_progress=not args.quiet,
         )
     except QuantuneError:
         if created and out.is_dir() and not any(out.iterdir()):

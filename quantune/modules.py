@@ -19,7 +19,7 @@ from torch import nn
 from quantune import kernels
 from quantune.config import ActQuant, LayerQuantConfig, WeightQuant
 from quantune.errors import UserInputError
-from quantune.kernels.decide import PathDecision, measure_paths
+from quantune.kernels.decide import DECISION_CACHE, PathDecision, measure_paths
 from quantune.kernels.dispatch import selected_backend
 from quantune.kernels.onednn_pack import needs_split
 from quantune.kernels.quantize_input import quantize_to_uint8
@@ -253,13 +253,22 @@ class QuantizedLayer(nn.Module):
             return PathDecision("integer", backend)
         if self.backend != "auto":
             return PathDecision("integer", backend, "pinned")
+        # Same geometry, same answer: a search builds this layer once per trial, so the
+        # timing is done once per process for each layer shape and input shape.
+        geometry = (self.kind, tuple(self.weight.shape), getattr(self, "groups", 1), getattr(self, "stride", None),
+                    str(getattr(self, "padding", None)), tuple(x.shape), qw.bits, split, backend, out_dtype)
+        cached = DECISION_CACHE.get(geometry)
+        if cached is not None:
+            return cached
         sx = self._act_params()[0]
         with torch.no_grad():
-            return measure_paths(
+            decision = measure_paths(
                 lambda: self._run_integer(self.quantize_input_u8(x)[0], sx, zx, qw, out_dtype),
                 lambda: self._float_op(self.fake_quant_input(x), self._float_weight()),
                 backend,
             )
+        DECISION_CACHE[geometry] = decision
+        return decision
 
     def _run_integer(self, qx: torch.Tensor, sx: float, zx: int, qw: QuantizedWeight,
                      out_dtype: torch.dtype) -> torch.Tensor:

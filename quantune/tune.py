@@ -27,6 +27,8 @@ from quantune.tune_space import describe_point, point_to_config, ptq_space
 OBJECTIVES = ("metric", "size", "latency")
 # The first evaluation of a trial uses this share of the evaluation batches.
 PARTIAL_FRACTION = 0.25
+# Below this many MACs per sample, timing every trial costs little.
+SMALL_MODEL_MACS = 100_000_000
 
 
 def model_descriptor(prepared: PreparedModel) -> dict[str, float]:
@@ -77,6 +79,7 @@ def tune(
     seed: int = 0,
     sensitivity_order: Sequence[str] = (),
     measure_latency: bool = True,
+    trial_latency: bool | None = None,
     show_progress: bool = True,
     prepared: PreparedModel | None = None,
 ) -> TuneResult:
@@ -106,7 +109,9 @@ def tune(
             owns the study and fails its left-over RUNNING trials at start.
         seed: seed of the search and of calibration.
         sensitivity_order: layers, most sensitive first, for the float_fallback dimension.
-        measure_latency: time every trial's integer model on one evaluation batch.
+        measure_latency: time the float model and the best quantized model.
+        trial_latency: also time every trial's integer model (default: when latency is
+            an objective, or the model is small enough, < 1e8 MACs, for it to be cheap).
         show_progress: progress bars.
         prepared: a :class:`PreparedModel` of ``model`` to reuse (statistics collected).
 
@@ -143,6 +148,10 @@ def tune(
     )
     target = Target(baseline, max_drop, relative_drop) if max_drop is not None else None
     names = prepared.layer_names
+    if trial_latency is None:
+        trial_latency = "latency" in objectives or sum(i.macs for i in prepared.layers) < SMALL_MODEL_MACS
+    if "latency" in objectives and not (trial_latency and latency_batch is not None):
+        raise UserInputError("The latency objective needs evaluation batches to time the models on.")
     space = ptq_space(dimensions)
     partial = eval_fn is None and len(eval_batches) >= 4
 
@@ -157,7 +166,7 @@ def tune(
         handle.set_attr("size_bytes", size)
         handle.set_attr("label", describe_point(point))
         latency = None
-        if measure_latency and latency_batch is not None:
+        if trial_latency and latency_batch is not None:
             latency = measure_latency_ms(qmodel.set_mode("integer"), latency_batch, repeats=5, warmup=1)
             handle.set_attr("latency_ms", latency)
         extra = {"size": float(size), "latency": float(latency if latency is not None else math.nan)}

@@ -24,6 +24,9 @@ from typing import Any
 # is several percent, and the integer path is the one whose numerics match simulation.
 FLOAT_MARGIN = 1.10
 
+# Decisions of this process by layer geometry (see QuantizedLayer._decide).
+DECISION_CACHE: dict[tuple[Any, ...], PathDecision] = {}
+
 
 @dataclass(frozen=True)
 class PathDecision:
@@ -59,14 +62,14 @@ def measure_paths(
     integer_fn: Callable[[], object],
     float_fn: Callable[[], object],
     backend: str,
-    reps: int = 5,
+    reps: int = 3,
 ) -> PathDecision:
-    """Time both paths (interleaved warm-up, then ``reps`` runs each) and pick one."""
+    """Time both paths (warm-up, then two interleaved rounds of ``reps`` runs) and pick one."""
     integer_fn()
     float_fn()
     ti = _median_ms(integer_fn, reps)
     tf = _median_ms(float_fn, reps)
-    ti = min(ti, _median_ms(integer_fn, reps))  # second pass: less sensitive to a load burst
+    ti = min(ti, _median_ms(integer_fn, reps))  # second round: less sensitive to a load burst
     tf = min(tf, _median_ms(float_fn, reps))
     if tf * FLOAT_MARGIN < ti:
         return PathDecision("float", "float", "measured", round(ti, 4), round(tf, 4))
