@@ -57,11 +57,14 @@ def make_config(prepared: Any, w_bits: int, a_bits: int, method: str, pct: float
     return cfg
 
 
-def run_model(name: str, quick: bool, adaquant_budget: float, rows: list[dict[str, Any]]) -> None:
+LOW_BIT_PROCS = ("base", "biascorr", "adaquant", "adaquant+biascorr")
+
+
+def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     from quantune import zoo
 
     try:
-        entry = zoo.get(name, "quick" if quick else "full")
+        entry = zoo.get(name, "quick" if args.quick else "full", n_calib=args.n_calib, n_eval=args.n_eval)
     except (UserInputError, ImportError) as exc:
         print(f"skip {name}: {exc}", file=sys.stderr)
         return
@@ -87,19 +90,23 @@ def run_model(name: str, quick: bool, adaquant_budget: float, rows: list[dict[st
         return metric
 
     base = CalibrationProcedure()
-    scores = {m: measure(8, 8, m, p, base, m if p is None else f"{m}{p}") for m, p in W8_METHODS}
+    methods = [(m, p) for m, p in W8_METHODS if m in args.methods.split(",")]
+    scores = {m: measure(8, 8, m, p, base, m if p is None else f"{m}{p}") for m, p in methods}
+    if name not in args.low_bit_models.split(","):
+        return
     best = max(scores, key=lambda m: scores[m])
     pct = dict(W8_METHODS)[best]
     label = best if pct is None else f"{best}{pct}"
-    procs = [
-        (base, label),
-        (CalibrationProcedure(bias_correction=True), f"{label}+biascorr"),
-        (CalibrationProcedure(adaquant=True, adaquant_iters=100, adaquant_time_budget_s=adaquant_budget), f"{label}+adaquant"),
-        (CalibrationProcedure(adaquant=True, adaquant_iters=100, adaquant_time_budget_s=adaquant_budget,
-                              bias_correction=True), f"{label}+adaquant+biascorr"),
-    ]
-    for a_bits in (8, 4):
-        for proc, lab in procs:
+    ada = {"adaquant_iters": args.adaquant_iters, "adaquant_time_budget_s": args.adaquant_budget}
+    procs = {
+        "base": (base, label),
+        "biascorr": (CalibrationProcedure(bias_correction=True), f"{label}+biascorr"),
+        "adaquant": (CalibrationProcedure(adaquant=True, **ada), f"{label}+adaquant"),
+        "adaquant+biascorr": (CalibrationProcedure(adaquant=True, bias_correction=True, **ada), f"{label}+adaquant+biascorr"),
+    }
+    for a_bits in [int(b) for b in args.low_act_bits.split(",")]:
+        for key in args.low_bit_procs.split(","):
+            proc, lab = procs[key]
             measure(4, a_bits, best, pct, proc, lab)
 
 
@@ -157,6 +164,15 @@ def main() -> None:
     ap.add_argument("--models", default="example,efficientnet-lite0,minilm-l6")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--adaquant-budget", type=float, default=120.0, help="AdaQuant seconds per row")
+    ap.add_argument("--adaquant-iters", type=int, default=100, help="AdaQuant steps per layer")
+    ap.add_argument("--n-calib", type=int, help="calibration samples (default: the preset's)")
+    ap.add_argument("--n-eval", type=int, help="evaluation samples (default: the preset's)")
+    ap.add_argument("--methods", default=",".join(m for m, _ in W8_METHODS), help="W8A8 range methods")
+    ap.add_argument("--low-bit-models", default="example,efficientnet-lite0,minilm-l6",
+                    help="models that also get the W4A8 / W4A4 rows")
+    ap.add_argument("--low-act-bits", default="8,4", help="activation bits of the W4 rows")
+    ap.add_argument("--low-bit-procs", default=",".join(LOW_BIT_PROCS),
+                    help=f"W4 rows to run, of {','.join(LOW_BIT_PROCS)}")
     ap.add_argument("--memory", default="", help="model for the N vs 4N memory check")
     ap.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -167,8 +183,8 @@ def main() -> None:
         return
     rows: list[dict[str, Any]] = []
     for name in [m for m in args.models.split(",") if m]:
-        run_model(name, args.quick, args.adaquant_budget, rows)
-    result: dict[str, Any] = {"rows": rows, "machine": f"CPU, {args.threads} thread(s)"}
+        run_model(name, args, rows)
+    result: dict[str, Any] = {"rows": rows, "machine": f"CPU, {args.threads} thread(s)", "argv": sys.argv[1:]}
     if args.memory:
         result["memory"] = memory_check(args.memory, 64 if args.quick else 256)
     if args.json:
