@@ -14,9 +14,17 @@ Strategies: ``xgboost`` (cold start), ``random``, ``grid``, ``genetic``, ``tpe``
 earlier tuning run in the same storage (60 of its measured configurations, drawn at
 random per seed).
 
+Live landscapes (``benchmarks/search_live.py``): the bundled example and
+EfficientNet-Lite0 over small PTQ spaces, evaluated exhaustively once and cached in
+``benchmarks/landscapes/``; replayed with ``xgboost``, ``random``, ``grid``,
+``genetic`` and ``tpe`` (>= 5 seeds), their wall time being the cached evaluation
+times of the visited points plus the sampler's own time. Besides the 0.1-point
+target, each live landscape is also replayed at its metric's resolution (one
+evaluation sample), since a 0.1-point target is finer than 1 of 500 or 48 samples.
+
 The data folder is ``$QUANTUNE_SHARED_DATA`` or ``../shared/data`` beside the repo;
 a missing file skips its landscapes with a message. :func:`run_landscapes` replays
-any landscapes, e.g. the cached results of an exhaustive live run.
+any landscapes.
 """
 
 from __future__ import annotations
@@ -127,13 +135,25 @@ def run_landscapes(
 def print_table(rows: Sequence[dict[str, Any]]) -> None:
     """Evaluations to target, median (p90), one line per landscape."""
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
-    print(f"{'landscape':14s} " + " ".join(f"{s:>14s}" for s in strategies))
-    for land in dict.fromkeys(r["landscape"] for r in rows):
-        cells = {r["strategy"]: r for r in rows if r["landscape"] == land}
-        print(f"{land:14s} " + " ".join(
-            f"{cells[s]['evals_to_target_median']:6.1f} ({cells[s]['evals_to_target_p90']:5.1f})"
-            for s in strategies))
-    print("cells: evaluations to reach within 0.1 pt of the best, median (p90) over seeds")
+    width = max([14, *(len(r["landscape"]) for r in rows)])
+
+    def table(cell: Any, live_only: bool) -> None:
+        print(f"{'landscape':{width}s} " + " ".join(f"{s:>14s}" for s in strategies))
+        for land in dict.fromkeys(r["landscape"] for r in rows):
+            cells = {r["strategy"]: r for r in rows if r["landscape"] == land}
+            if live_only and "eval_s_median" not in next(iter(cells.values())):
+                continue
+            print(f"{land:{width}s} " + " ".join(
+                f"{cell(cells[s]) if s in cells else '-':>14s}" for s in strategies))
+
+    table(lambda r: f"{r['evals_to_target_median']:6.1f} ({r['evals_to_target_p90']:5.1f})", False)
+    print("cells: evaluations to reach the target (within 0.1 pt of the best; @resolution: "
+          "within one evaluation sample), median (p90) over seeds")
+    if any("eval_s_median" in r for r in rows):
+        print()
+        table(lambda r: f"{r['wall_s_median']:8.1f}", True)
+        print("cells: live wall time to the target, seconds, median over seeds "
+              "(cached evaluation times of the visited points + sampler time)")
 
 
 def plot(runs: dict[tuple[str, str], list[ReplayRun]], path: Path, horizon: int = 120) -> bool:
@@ -168,6 +188,22 @@ def plot(runs: dict[tuple[str, str], list[ReplayRun]], path: Path, horizon: int 
     return True
 
 
+def _live_rows(seeds: int) -> list[dict[str, Any]]:
+    """Rows of the cached live landscapes (none cached: a message, no rows)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from search_live import LANDSCAPES_DIR, cached_landscapes, resolution, run_live
+
+    lands = cached_landscapes()
+    if not lands:
+        print(f"no live landscape cached in {LANDSCAPES_DIR}: run search_live.py --measure",
+              file=sys.stderr)
+        return []
+    rows = run_live(lands, seeds=seeds)
+    for land in lands:
+        rows += run_live([land], seeds=seeds, max_drop=resolution(land), tag="@resolution")
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, required=True, help="write the JSON rows here")
@@ -175,8 +211,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per strategy")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default beside --json)")
+    parser.add_argument("--live-seeds", type=int, default=None,
+                        help="seeds per strategy on the live landscapes (default 5, --quick 3)")
+    parser.add_argument("--no-live", action="store_true", help="skip the live landscapes")
     args = parser.parse_args(argv)
     seeds = args.seeds or (5 if args.quick else 20)
+    live_seeds = args.live_seeds or (3 if args.quick else 5)
     csv_path = shared_data_dir() / "brevitas_ptq" / "RESULTS_TORCHVISION.csv"
     if not csv_path.is_file():
         print(f"skipping the Brevitas replay landscapes: {csv_path} not found "
@@ -186,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         landscapes = load_brevitas_landscapes(csv_path)
     started = time.perf_counter()
     rows, runs = run_landscapes(landscapes, args.strategies.split(","), seeds)
+    if not args.no_live:
+        rows += _live_rows(live_seeds)
     print_table(rows)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=2))

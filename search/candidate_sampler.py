@@ -13,6 +13,7 @@ a stateful generator, so a resumed or re-run study proposes the same configurati
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -130,6 +131,45 @@ class CandidateSampler(BaseSampler, abc.ABC):
             if config_key(config) not in visited:
                 return config
         return None
+
+    def covering_unvisited(
+        self,
+        visited: set[str],
+        seen: Sequence[Config],
+        rng: np.random.Generator,
+        n_samples: int = 2048,
+    ) -> Config | None:
+        """An unvisited configuration that best covers values ``seen`` lacks.
+
+        A sequential space-filling design for the warm-up of a model-based sampler:
+        each candidate scores ``sum over dimensions of 1 / (1 + times its value was
+        seen)``, and the best is taken (ties at random). The first few points thus
+        show every value of every dimension about equally often, so the first model
+        fit can estimate each dimension's effect, which a uniform random warm-up of
+        the same size often cannot (two random points share a value of a binary
+        dimension half the time). Spaces too large to list are scored on
+        ``n_samples`` random configurations.
+
+        Args:
+            visited: Keys not to return.
+            seen: Configurations already evaluated or running.
+            rng: Random generator of this proposal.
+            n_samples: Candidates scored in spaces too large to list.
+        """
+        if self.space.size <= ENUMERATE_LIMIT:
+            free = [c for k, c in self.keyed_configs() if k not in visited]
+        else:
+            free = [c for c in self.space.sample(rng, n_samples) if config_key(c) not in visited]
+        if not free:
+            return self.random_unvisited(visited, rng)
+        counts = [np.zeros(len(d)) for d in self.space.dimensions]
+        for config in seen:
+            for j, i in enumerate(self.space.indices(config)):
+                counts[j][i] += 1
+        idx = np.array([self.space.indices(c) for c in free], dtype=np.int64)
+        score = sum(1.0 / (1.0 + counts[j][idx[:, j]]) for j in range(idx.shape[1]))
+        top = np.flatnonzero(score >= np.max(score) - 1e-12)
+        return free[int(rng.choice(top))]
 
     @abc.abstractmethod
     def propose(self, ctx: ProposalContext) -> Config | None:

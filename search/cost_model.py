@@ -16,7 +16,7 @@ xgboost is imported lazily: importing this module is cheap.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -138,3 +138,108 @@ class CostModel:
         return np.asarray(
             self._booster.predict(xgb.DMatrix(features, missing=np.nan, nthread=1))
         )
+
+
+class CostEnsemble:
+    """Several cost models on bootstrap resamples of the rows: a mean and a spread.
+
+    With the tens of rows of a PTQ search a single boosted model is confidently wrong
+    about most of the space. Refitting it on bootstrap resamples (rows drawn with
+    replacement within each study, so every study keeps its group) gives members that
+    agree where the data pins the answer and disagree where it does not; the spread of
+    their predictions is the uncertainty an upper-confidence-bound or Thompson-style
+    acquisition needs. Member 0 is fitted on the rows as they are, so an ensemble of
+    one is the plain :class:`CostModel`.
+
+    Args:
+        n_models: Members (>= 1).
+        objective: ``"rank"`` or ``"regression"``.
+        seed: Seeds the resampling and every member's booster.
+        n_rounds: Boosting rounds per member.
+        params: Extra xgboost parameters of every member.
+        member_params: Per-member parameter overrides, cycled: member ``k`` uses
+            ``member_params[k % len(member_params)]``. The first ``len(member_params)``
+            members are fitted on the rows as they are (they differ by their
+            parameters, e.g. tree depth: an average over model complexities), the
+            others on bootstrap resamples.
+    """
+
+    def __init__(
+        self,
+        n_models: int = 1,
+        objective: CostObjective = "rank",
+        seed: int = 0,
+        n_rounds: int = 60,
+        params: Mapping[str, Any] | None = None,
+        member_params: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        if n_models < 1:
+            raise ValueError(f"a cost ensemble needs at least one model, got {n_models}")
+        check_objective(objective)
+        self.n_models = n_models
+        self.objective: CostObjective = objective
+        self.seed = int(seed)
+        self.n_rounds = n_rounds
+        self.params = dict(params or {})
+        self.member_params = [dict(p) for p in member_params]
+        self.members: list[CostModel] = []
+
+    def fit(self, data: TrainingSet) -> CostEnsemble:
+        """Fit every member (see the class docstring for which rows each sees)."""
+        rng = np.random.default_rng([self.seed, len(data), 0x656E73])
+        n_plain = max(len(self.member_params), 1)
+        self.members = []
+        for k in range(self.n_models):
+            rows = data if k < n_plain else _bootstrap(data, rng)
+            extra = self.member_params[k % len(self.member_params)] if self.member_params else {}
+            model = CostModel(self.objective, seed=self.seed + k, n_rounds=self.n_rounds,
+                              params={**self.params, **extra})
+            self.members.append(model.fit(rows))
+        return self
+
+    def predict_all(self, features: np.ndarray) -> np.ndarray:
+        """(n_models, n) predictions, each member's standardised over the n rows.
+
+        Pairwise-rank margins have no fixed scale, so members are made comparable by
+        standardising each over the candidates before they are averaged or spread.
+        """
+        if not self.members:
+            raise RuntimeError("CostEnsemble.predict_all called before fit")
+        out = np.vstack([m.predict(features) for m in self.members]).astype(np.float64)
+        spread = out.std(axis=1, keepdims=True)
+        return (out - out.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
+
+
+def _bootstrap(data: TrainingSet, rng: np.random.Generator) -> TrainingSet:
+    """Rows drawn with replacement within each group (the group sizes are kept)."""
+    picks = []
+    for g in np.unique(data.groups):
+        idx = np.flatnonzero(data.groups == g)
+        picks.append(rng.choice(idx, size=idx.size, replace=True))
+    take = np.concatenate(picks)
+    return TrainingSet(data.features[take], data.scores[take], data.groups[take],
+                       dict(data.group_weights))
+
+
+Acquisition = Literal["greedy", "ucb", "thompson"]
+ACQUISITIONS: tuple[str, ...] = ("greedy", "ucb", "thompson")
+
+
+def acquire(
+    predictions: np.ndarray, acquisition: Acquisition, kappa: float, rng: np.random.Generator
+) -> np.ndarray:
+    """One score per candidate from an ensemble's (n_models, n) standardised predictions.
+
+    * ``greedy``: the members' mean.
+    * ``ucb``: mean + ``kappa`` x the members' standard deviation (optimism where the
+      members disagree: a configuration whose effect the data does not pin down yet is
+      worth measuring).
+    * ``thompson``: one member's prediction, the member drawn with ``rng`` (bootstrap
+      Thompson sampling: each proposal acts on one plausible model).
+    """
+    if acquisition == "thompson":
+        return predictions[int(rng.integers(predictions.shape[0]))]
+    mean = predictions.mean(axis=0)
+    if acquisition == "ucb" and predictions.shape[0] > 1:
+        return mean + kappa * predictions.std(axis=0)
+    return mean
