@@ -248,7 +248,7 @@ def main() -> None:
             print("memory   skipped: pip install 'quantune[models]'")
         else:
             n = 16 if args.quick else 64
-            out["memory"] = run_memory(n, 5 if args.quick else 50)
+            out["memory"] = run_memory(n, 1 if args.quick else 20)
             print(f"memory   EfficientNet-Lite0 (1 thread): {'samples':>8s} {'model MB':>9s} "
                   f"{'stats MB':>9s} {'AdaQuant MB':>12s} {'time s':>7s}")
             for r in out["memory"]:
