@@ -33,7 +33,7 @@ class QuantuneRunner:
 
     def _prepare(self) -> Any:
         if self._prepared is None:
-            self._prepared, self._prepare_s = timed(lambda: quantune.prepare(self.entry.model, self.entry.calib_batches))
+            self._prepared, self._prepare_s = timed(lambda: quantune.prepare_model(self.entry.model, self.entry.calib_batches))
         return self._prepared
 
     def build(self, config_name: str, mode: str) -> Prepared:

@@ -5,7 +5,7 @@
     python benchmarks/search_live.py --json out/live.json [--seeds 5]   # replay the caches
 
 A *live* landscape is a small PTQ space of :mod:`quantune.tune_space` over a real
-model. Every point is built once with ``quantune.prepare(...)`` +
+model. Every point is built once with ``quantune.prepare_model(...)`` +
 ``PreparedModel.quantize(point_to_config(...), mode="simulate")`` and scored with the
 model's metric; the metric and the evaluation's wall time of each point are cached as
 JSON in ``benchmarks/landscapes/`` (the ground truth, committed). Replaying a strategy
@@ -242,12 +242,13 @@ def resolution(land: Landscape) -> float:
 
     A top-1 or agreement percentage on N samples moves in steps of 100/N points (0.2
     on 500 images); a target finer than one step asks for the single luckiest
-    configuration, which is noise as much as quality. The result is nudged up by
-    1e-6 so values exactly one step below the best count as within it.
+    configuration, which is noise as much as quality. Values are rounded to 1e-3 (the
+    metrics are float32 means: 99.4 is stored as 99.4000017) and the step is nudged up
+    by 1e-3 so values exactly one step below the best count as within it.
     """
-    values = np.unique(np.round(np.fromiter(land.table.values(), dtype=np.float64), 6))
+    values = np.unique(np.round(np.fromiter(land.table.values(), dtype=np.float64), 3))
     gaps = np.diff(values)
-    return float(gaps[gaps > 0].min() + 1e-6) if gaps.size else 0.0
+    return float(gaps[gaps > 0].min() + 1e-3) if gaps.size else 0.0
 
 
 def run_live(

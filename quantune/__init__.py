@@ -20,7 +20,9 @@ _LAZY = {
     "QuantuneError": "quantune.errors",
     "UserInputError": "quantune.errors",
     "PreparedModel": "quantune.prepare",
-    "prepare": "quantune.prepare",
+    # The function is exported as prepare_model: a lazily exported name equal to a
+    # submodule's name would be replaced by that module once it is imported.
+    "prepare_model": "quantune.prepare",
     "quantize": "quantune.prepare",
     "QuantizedModel": "quantune.quantized_model",
     "save": "quantune.artifact",
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
         WeightQuant,
     )
     from quantune.errors import QuantuneError, UserInputError
-    from quantune.prepare import PreparedModel, prepare, quantize
+    from quantune.prepare import PreparedModel, prepare_model, quantize
     from quantune.quantized_model import QuantizedModel
     from quantune.search.allocation import Allocation, Budget, apply_allocation
     from quantune.search.bits_api import AllocationOptions, allocate_bits

@@ -191,3 +191,8 @@ def quantize(
         A :class:`QuantizedModel`, callable like the original model.
     """
     return prepare(model, calib_data, show_progress=show_progress).quantize(config or QuantConfig(), mode)
+
+
+# Public alias: ``quantune.prepare`` is this module, so the package exports the function
+# under this name.
+prepare_model = prepare

@@ -2,7 +2,7 @@
 
 >>> import quantune
 >>> from quantune.search.sensitivity import measure_sensitivity
->>> prepared = quantune.prepare(model, calib_batches)          # doctest: +SKIP
+>>> prepared = quantune.prepare_model(model, calib_batches)          # doctest: +SKIP
 >>> table = measure_sensitivity(prepared, proxy="loss")      # doctest: +SKIP
 >>> print(table.to_table())                                  # doctest: +SKIP
 
