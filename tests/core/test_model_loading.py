@@ -13,7 +13,6 @@ from quantune.errors import UserInputError
 from quantune.model_loading import load_model
 
 
-
 class _Payload:
     """Unpickling this calls os.system-like code: writes a marker file."""
 
