@@ -91,7 +91,9 @@ class XGBoostSampler(CandidateSampler):
             (numeric, ordinal) dimension. ``"auto"``: +1 for the numeric ordinal
             dimensions named like bit widths (``w_bits``, ``Weight bit width``...) in
             single-objective studies: more bits do not lower accuracy, a prior that
-            spares the model from learning it from scarce rows. None: no constraint.
+            spares the model from learning it from scarce rows (full benchmark, 20
+            seeds: median evaluations 13.0 / 9.5 / 10.0 on mobilenet_v2 / resnet18 /
+            vit_b_32 with it, 14.5 / 10.5 / 10.0 without). None: no constraint.
         deep_after: Rows from which trees may be 4 deep instead of stumps.
         depths: Tree depths of an ensemble of models fitted on the same rows, whose
             standardised predictions are combined by ``acquisition`` (replaces the

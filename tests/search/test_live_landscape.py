@@ -61,7 +61,7 @@ def test_run_live_rows_and_resolution() -> None:
     live = _search_live()
     land = live.load_live(live.LANDSCAPES_DIR / "efficientnet-lite0.json")
     step = live.resolution(land)
-    assert step == pytest.approx(100 / 48, abs=1e-3)  # one of the 48 evaluation images
+    assert step == pytest.approx(100 / 48, abs=2e-3)  # one of the 48 evaluation images
     rows = live.run_live([land], strategies=("xgboost", "random"), seeds=2, log=False)
     assert [r["strategy"] for r in rows] == ["xgboost", "random"]
     for row in rows:
@@ -91,7 +91,7 @@ def test_bit_width_dimensions_get_a_monotone_prior() -> None:
     assert not any(BITS_NAME.search(n) for n in ("orbit", "bitsy", "calib_samples"))
     space = SearchSpace([ordinal("w_bits", [2, 4, 8]), ordinal("pct", [99.0, 99.9]),
                          categorical("m", ["a", "b"])])
-    sampler = XGBoostSampler(space)
+    sampler = XGBoostSampler(space, monotone="auto")
     assert sampler._tree_params(5, 1, 1)["monotone_constraints"] == "(1,0,0,0,0)"
     assert "monotone_constraints" not in sampler._tree_params(5, 2, 0)  # metric vs size
     assert "monotone_constraints" not in XGBoostSampler(space, monotone=None)._tree_params(5, 1, 0)
