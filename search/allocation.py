@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from quantune.errors import UserInputError
 from quantune.search.allocation_apply import apply_allocation
 from quantune.search.allocation_baselines import solve_greedy, solve_uniform
 from quantune.search.allocation_budget import Budget
@@ -41,8 +42,6 @@ from quantune.search.allocation_types import (
     LayerOption,
     LayerSpec,
 )
-
-from quantune.errors import UserInputError
 
 __all__ = [
     "FLOAT_BITS",

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from quantune.search.allocation_result import Allocation
-
 from quantune.config import LayerQuantConfig, QuantConfig
+from quantune.search.allocation_result import Allocation
 
 
 def apply_allocation(allocation: Allocation, config: QuantConfig | None = None) -> QuantConfig:

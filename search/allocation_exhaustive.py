@@ -11,10 +11,9 @@ from __future__ import annotations
 import itertools
 import math
 
+from quantune.errors import UserInputError
 from quantune.search.allocation_problem import AllocationProblem
 from quantune.search.allocation_types import AllocationInfeasibleError
-
-from quantune.errors import UserInputError
 
 #: Largest number of selections ``exhaustive`` agrees to enumerate.
 MAX_SELECTIONS = 200_000

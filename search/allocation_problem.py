@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from quantune.errors import UserInputError
 from quantune.search.allocation_budget import Budget, BudgetRow, budget_rows
 from quantune.search.allocation_names import match_names
 from quantune.search.allocation_types import (
@@ -23,8 +24,6 @@ from quantune.search.allocation_types import (
     LayerSpec,
     parse_bits_key,
 )
-
-from quantune.errors import UserInputError
 
 PinValue = int | str | tuple[int, int] | None
 BitRange = tuple[int | None, int | None]

@@ -7,10 +7,9 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from quantune.errors import ConfigVersionError, UserInputError
 from quantune.search.allocation_budget import Budget
 from quantune.search.allocation_types import FLOAT_BITS
-
-from quantune.errors import ConfigVersionError, UserInputError
 
 #: Version of the JSON layout written by :meth:`Allocation.to_json`.
 ALLOCATION_JSON_VERSION = 1

@@ -14,6 +14,19 @@ import torch
 from torch import nn
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module.
+
+    The test machines are shared: a single thread avoids oversubscribed OpenMP spinning
+    (10-30x slowdowns of small tensor ops) and keeps timings and results reproducible.
+    """
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="session")
 def example():
     """``(model, calib_batches, eval_batches)`` of the bundled example."""

@@ -8,13 +8,8 @@ from torch import nn
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    # The test machines are shared: one intra-op thread avoids oversubscribed OpenMP
-    # spinning (10-30x slowdowns of small tensor ops) and keeps results reproducible.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _single_thread(one_thread):
+    """Every calibration test runs on one intra-op thread (see tests/conftest.py)."""
 
 
 def small_cnn(seed: int = 0) -> tuple[nn.Module, list[torch.Tensor]]:

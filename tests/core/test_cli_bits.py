@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from quantune.cli import main
 from quantune.config import QuantConfig
@@ -14,12 +13,7 @@ FAST = ["--example", "--quiet", "--max-samples", "32", "--weight-bits", "2,4,8",
         "--proxy", "output_mse"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bits_writes_allocation_config_and_cache(tmp_path, capsys) -> None:

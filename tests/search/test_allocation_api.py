@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+
+from quantune.errors import ConfigVersionError, QuantuneError, UserInputError
 from quantune.search.allocation import (
     FLOAT_BITS,
     POLICIES,
@@ -18,8 +20,6 @@ from quantune.search.allocation import (
     allocate_bits,
 )
 from quantune.search.allocation_synthetic import synthetic_layers
-
-from quantune.errors import ConfigVersionError, QuantuneError, UserInputError
 
 
 def test_layer_spec_from_table_parses_keys_and_latency() -> None:

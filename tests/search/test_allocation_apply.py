@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from quantune.search.allocation import Budget, LayerSpec, allocate_bits
-from quantune.search.allocation_apply import apply_allocation
 
 from quantune.config import ActQuant, LayerQuantConfig, QuantConfig, WeightQuant
 from quantune.errors import UserInputError
+from quantune.search.allocation import Budget, LayerSpec, allocate_bits
+from quantune.search.allocation_apply import apply_allocation
 
 
 def _allocation():

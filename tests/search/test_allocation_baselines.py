@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from quantune.search.allocation import (
     AllocationInfeasibleError,
     Budget,

@@ -10,6 +10,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from quantune.errors import UserInputError
 from quantune.search.allocation import (
     AllocationInfeasibleError,
     Budget,
@@ -18,8 +20,6 @@ from quantune.search.allocation import (
     allocate_bits,
 )
 from quantune.search.allocation_synthetic import synthetic_layers
-
-from quantune.errors import UserInputError
 
 
 def _load_oracle() -> ModuleType:

@@ -6,6 +6,7 @@ import math
 import random
 
 import pytest
+
 import quantune.search.allocation_ilp as ilp_module
 from quantune.search.allocation import (
     AllocationSolverError,

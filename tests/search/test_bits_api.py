@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from quantune.errors import UserInputError
 from quantune.example import load_example
@@ -17,16 +16,11 @@ FAST = AllocationOptions(weight_bits=(2, 4, 8), act_bits=(8,), proxy="output_mse
                          show_progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def example(_one_thread):
+def example(one_thread):
     clear_memory_cache()
     model, calib, evals = load_example()
     return model, calib, evals, prepare(model, calib)

@@ -18,17 +18,11 @@ from quantune.search.sensitivity_table import Candidates, derive_cells, monotone
 SMALL = Candidates(weight_bits=(2, 4, 8), act_bits=(4, 8))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The tiny example runs much faster on one thread than on two oversubscribed ones.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def prepared(_one_thread):
+def prepared(one_thread):
     model, calib, _ = load_example()
     return prepare(model, calib)
 
