@@ -74,16 +74,14 @@ def run_adaquant(
     input_model = qmodel.model if procedure.adaquant_sequential else float_model
     qmodel.set_mode("simulate")
     budget = procedure.adaquant_time_budget_s
-    start = time.perf_counter()
+    # The budget is optimisation time: collecting a layer's inputs is a forward pass whose
+    # cost depends on the data, not on the optimiser, and charging it to the budget left
+    # deep models no time to optimise at all.
+    optimised_s = 0.0
     results: list[AdaQuantResult] = []
     bar = progress_bar(total=len(names), desc="adaquant", unit="layer", enable=show_progress)
     try:
         for k, name in enumerate(names):
-            deadline = None
-            if budget is not None:
-                # Spread what is left of the budget evenly over the layers left.
-                left = budget - (time.perf_counter() - start)
-                deadline = time.perf_counter() + max(left, 0.0) / (len(names) - k)
             li = info[name]
             selector = RowSelector.for_budget(
                 bytes_per_row(li.input_shape, li.output_shape, li.kind),
@@ -94,6 +92,11 @@ def run_adaquant(
             )
             samples = collect_layer_samples(float_model, input_model, name, li.kind, batches, selector)
             if samples is not None:
+                deadline = None
+                if budget is not None:
+                    # Spread what is left of the budget evenly over the layers left.
+                    deadline = time.perf_counter() + max(budget - optimised_s, 0.0) / (len(names) - k)
+                started = time.perf_counter()
                 res = adaquant_layer(
                     name,
                     qlayers[name],
@@ -104,6 +107,7 @@ def run_adaquant(
                     seed=procedure.seed * 7919 + k,
                     deadline=deadline,
                 )
+                optimised_s += time.perf_counter() - started
                 results.append(res)
                 bar.set_postfix_str(f"{name} mse {res.mse_before:.2e}->{res.mse_after:.2e}")
                 del samples

@@ -121,8 +121,8 @@ class CalibrationProcedure:
         adaquant_iters: optimizer steps per layer for AdaQuant.
         bn_reestimate: re-estimate BatchNorm statistics on the quantized model.
         seed: seed of every random choice in calibration.
-        adaquant_time_budget_s: total wall-clock budget of AdaQuant over all layers
-            (None = no limit; a layer stops early when its share is spent, which makes
+        adaquant_time_budget_s: total optimisation time of AdaQuant over all layers
+            (collecting each layer's inputs is not counted; None = no limit; a layer stops early when its share is spent, which makes
             results depend on machine speed).
         adaquant_sequential: feed each layer the outputs of the already-calibrated
             quantized layers before it (False: the float model's activations).
