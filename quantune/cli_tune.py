@@ -177,7 +177,23 @@ def run(args: argparse.Namespace) -> int:
     if plots:
         print(f"plots              : {', '.join(plots)}")
     print(f"study              : {result.storage} (study {result.study_name!r}; rerun the same command to resume)")
-    model_arg = "--example" if args.example else args.model
+    model_arg = " ".join(check_arguments(args))
     print(f"check in CI        : quantune check {model_arg} --config {written['config.json']} "
           f"--baseline {written['report.json']} --max-drop 1.0")
     return 0
+
+
+def check_arguments(args: argparse.Namespace) -> list[str]:
+    """The model and data arguments of this run, to repeat in ``quantune check``."""
+    import shlex
+
+    out = ["--example"] if args.example else [shlex.quote(args.model)]
+    flags = {"--model-factory": args.model_factory, "--calib": args.calib, "--eval": args.eval,
+             "--eval-fn": args.eval_fn, "--metric": args.metric, "--tokenizer": args.tokenizer}
+    out += [f"{k} {shlex.quote(str(v))}" for k, v in flags.items() if v]
+    if args.trust_remote_code:
+        out.append("--trust-remote-code")
+    if args.batch_size != 32:
+        out.append(f"--batch-size {args.batch_size}")
+    return out
+
