@@ -36,7 +36,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    "default: the model's own folder for Hugging Face models")
     p.add_argument("--max-length", type=int, default=128, help="tokens per sentence for .txt data")
     p.add_argument("--preset", choices=("quick", "full"), default="quick", help="data size of registry models")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--device", default="cpu", choices=("cpu",),
+                   help="where trials run; this version tunes on the CPU (the CUDA kernels are "
+                   "used when a quantized model is moved to a CUDA device afterwards)")
     add_common_options(p)
 
 
