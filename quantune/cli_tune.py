@@ -59,6 +59,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--relative-drop", action="store_true", help="--max-drop is a fraction of the baseline")
     p.add_argument("--objectives", default="metric", help="metric, metric,size or metric,latency")
     p.add_argument("--space", default=None, help="'quick', 'full', or a JSON file {dimension: [values]}")
+    p.add_argument("--bit-budget", metavar="BUDGET", default=None,
+                   help="allocate per-layer weight bits under a budget in every trial, e.g. avg-bits=4.5, "
+                        "size=2MB, bops=3G (the space searches bit_policy ilp/uniform instead of w_bits)")
     p.add_argument("--no-latency", action="store_true", help="do not time each trial")
     p.set_defaults(run=run)
 
@@ -141,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
     eval_fn = resolve_factory(args.eval_fn) if args.eval_fn else None
     objectives = tuple(o.strip() for o in args.objectives.split(",") if o.strip())
     dimensions = load_space(args.space, args.example or args.model == "example")
+    if args.bit_budget and dimensions is not None and args.space in (None, "quick", "full"):
+        dimensions.pop("w_bits", None)  # a preset's widths give way to the allocator
     trials = args.trials if args.trials is not None else (12 if args.example else 40)
     out = Path(args.out)
     storage = args.storage
@@ -157,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
             relative_drop=args.relative_drop, objectives=objectives, storage=storage,
             study_name=args.study, heartbeat_interval_s=heartbeat, seed=args.seed,
             measure_latency=not args.no_latency, trial_latency=False if args.no_latency else None,
-            show_progress=not args.quiet,
+            show_progress=not args.quiet, bit_budget=args.bit_budget,
         )
     except QuantuneError:
         if created and out.is_dir() and not any(out.iterdir()):

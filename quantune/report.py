@@ -84,6 +84,7 @@ def build_report(result: TuneResult) -> dict[str, Any]:
             "study_name": result.study_name,
             "storage": result.storage,
             "trial_states": states,
+            "bit_budget": result.bit_budget,
         },
         "trials": [t.to_dict() for t in result.trials],
         "pareto_front": [t.to_dict() for t in result.pareto],

@@ -21,8 +21,9 @@ from quantune.evaluation import Evaluator
 from quantune.latency import measure_latency_ms
 from quantune.prepare import PreparedModel
 from quantune.progress import suppressed
+from quantune.tune_bits import BitPolicy
 from quantune.tune_result import TrialRow, TuneResult
-from quantune.tune_space import describe_point, point_to_config, ptq_space
+from quantune.tune_space import DEFAULTS, describe_point, point_to_config, ptq_space
 
 OBJECTIVES = ("metric", "size", "latency")
 # The first evaluation of a trial uses this share of the evaluation batches.
@@ -82,6 +83,7 @@ def tune(
     trial_latency: bool | None = None,
     show_progress: bool = True,
     prepared: PreparedModel | None = None,
+    bit_budget: Any = None,
 ) -> TuneResult:
     """Find the best quantization configuration of ``model``.
 
@@ -114,6 +116,10 @@ def tune(
             an objective, or the model is small enough, < 1e8 MACs, for it to be cheap).
         show_progress: progress bars.
         prepared: a :class:`PreparedModel` of ``model`` to reuse (statistics collected).
+        bit_budget: per-layer bit allocation under this budget (``"avg-bits=4.5"``,
+            ``"size=2MB,bops=3G"`` or a :class:`quantune.search.allocation.Budget`): the
+            ``bit_policy`` dimension (default ``ilp`` and ``uniform``) replaces ``w_bits``
+            and every trial meets the budget (see :mod:`quantune.tune_bits`).
 
     Returns:
         :class:`TuneResult` with the best configuration, its integer model, the baseline,
@@ -152,19 +158,29 @@ def tune(
         trial_latency = "latency" in objectives or sum(i.macs for i in prepared.layers) < SMALL_MODEL_MACS
     if "latency" in objectives and not (trial_latency and latency_batch is not None):
         raise UserInputError("The latency objective needs evaluation batches to time the models on.")
-    space = ptq_space(dimensions)
+    space = ptq_space(dimensions, bit_budget=bit_budget is not None)
+    bits = (
+        BitPolicy(prepared, bit_budget, storage=storage if isinstance(storage, str) else None,
+                  seed=seed, show_progress=show_progress)
+        if bit_budget is not None else None
+    )
+    if bits is not None:
+        # Measure before the search (not inside a timed trial) and refuse an impossible
+        # budget now, naming the binding constraint, rather than failing every trial.
+        for a_bits in sorted({int(v) for v in (dimensions or {}).get("a_bits", (DEFAULTS["a_bits"],))}):
+            bits.allocate("ilp", a_bits)
     partial = eval_fn is None and len(eval_batches) >= 4
 
     def objective(point: dict[str, Any], handle: Any) -> float | tuple[float, ...]:
-        config = point_to_config(point, names, sensitivity_order, seed)
+        config = point_to_config(point, names, sensitivity_order, seed, bits)
         with suppressed():  # one bar for the whole search, not one per calibration step
             qmodel = prepared.quantize(config, mode="simulate")
+        handle.set_attr("label", describe_point(point))  # also for pruned trials
         if partial and len(objectives) == 1:
             handle.prune_if_hopeless(evaluator(qmodel, PARTIAL_FRACTION), 0)
         value = evaluator(qmodel)
         size = qmodel.size_bytes()
         handle.set_attr("size_bytes", size)
-        handle.set_attr("label", describe_point(point))
         latency = None
         if trial_latency and latency_batch is not None:
             latency = measure_latency_ms(qmodel.set_mode("integer"), latency_batch, repeats=5, warmup=1)
@@ -201,7 +217,7 @@ def tune(
             "and check the model and data."
         )
     best_point = search.best_config
-    config = point_to_config(best_point, names, sensitivity_order, seed)
+    config = point_to_config(best_point, names, sensitivity_order, seed, bits)
     qmodel = prepared.quantize(config, mode="integer")
     best_metric = evaluator(qmodel)
     latency = measure_latency_ms(qmodel, latency_batch) if measure_latency and latency_batch is not None else None
@@ -234,4 +250,5 @@ def tune(
         bn_pairs=prepared.bn_pairs,
         unsupported=prepared.unsupported,
         n_calib_samples=prepared.n_samples(config.procedure.max_samples),
+        bit_budget=bits.budget.to_dict() if bits is not None else None,
     )

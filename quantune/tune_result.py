@@ -77,6 +77,7 @@ class TuneResult:
     bn_pairs: list[tuple[str, str]] = field(default_factory=list)
     unsupported: list[tuple[str, str]] = field(default_factory=list)
     n_calib_samples: int = 0
+    bit_budget: dict[str, float] | None = None
 
     @property
     def metric_drop(self) -> float:

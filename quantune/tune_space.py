@@ -9,7 +9,7 @@ rejected, missing ones take the default value listed in ``DEFAULTS``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantune.config import (
     ActQuant,
@@ -19,6 +19,9 @@ from quantune.config import (
     WeightQuant,
 )
 from quantune.errors import UserInputError
+
+if TYPE_CHECKING:
+    from quantune.tune_bits import BitPolicy
 
 # Dimension -> (values searched by default, value used when the dimension is fixed).
 # Activation methods are "name" or "percentile:<p>".
@@ -48,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "adaquant": False,
     "calib_samples": None,
     "float_fallback": 0,
+    "bit_policy": "uniform",
 }
 # A small space for quick runs (the bundled example's default sweep).
 QUICK_DIMENSIONS: dict[str, tuple[Any, ...]] = {
@@ -58,19 +62,38 @@ QUICK_DIMENSIONS: dict[str, tuple[Any, ...]] = {
 }
 
 
-def ptq_space(dimensions: Mapping[str, Sequence[Any]] | None = None) -> Any:
+def ptq_space(dimensions: Mapping[str, Sequence[Any]] | None = None, *, bit_budget: bool = False) -> Any:
     """A :class:`quantune.search.space.SearchSpace` over PTQ configurations.
 
     Args:
         dimensions: name -> values; None gives ``DEFAULT_DIMENSIONS``. Dimensions with a
             single value are fixed.
+        bit_budget: the user gave a bit budget: per-layer weight widths come from the
+            ``bit_policy`` dimension (default ``ilp`` and ``uniform``), not from ``w_bits``.
     """
     from quantune.search.space import SearchSpace, categorical, ordinal
+    from quantune.tune_bits import BIT_POLICIES, DEFAULT_BUDGET_POLICIES
 
+    user_dims = dict(dimensions or {})
     dims = dict(DEFAULT_DIMENSIONS if dimensions is None else dimensions)
     unknown = set(dims) - set(DEFAULTS)
     if unknown:
         raise UserInputError(f"Unknown search dimension(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}.")
+    bad = set(dims.get("bit_policy", ())) - set(BIT_POLICIES)
+    if bad:
+        raise UserInputError(f"Unknown bit_policy value(s) {sorted(bad)}; use {BIT_POLICIES}.")
+    if bit_budget:
+        if "w_bits" in user_dims:
+            raise UserInputError(
+                "With a bit budget the allocator sets each layer's weight width: drop the w_bits "
+                "dimension (choose the allocation with bit_policy: ilp, greedy, uniform).")
+        dims.pop("w_bits", None)
+        if "bit_policy" not in user_dims:
+            dims["bit_policy"] = DEFAULT_BUDGET_POLICIES
+    elif set(dims.get("bit_policy", ())) - {"uniform"}:
+        raise UserInputError(
+            "bit_policy ilp/greedy allocates widths under a budget: give one "
+            "(tune(..., bit_budget='avg-bits=4.5') or quantune tune --bit-budget avg-bits=4.5).")
     out = []
     for name, values in dims.items():
         values = tuple(values)
@@ -91,6 +114,7 @@ def point_to_config(
     layer_names: Sequence[str],
     sensitivity_order: Sequence[str] = (),
     seed: int = 0,
+    bit_policy: BitPolicy | None = None,
 ) -> QuantConfig:
     """The :class:`QuantConfig` of a search point for a model with ``layer_names``.
 
@@ -99,8 +123,19 @@ def point_to_config(
         layer_names: quantizable layers in execution order (first and last matter).
         sensitivity_order: layer names, most sensitive first, for ``float_fallback``.
         seed: calibration seed.
+        bit_policy: allocates per-layer weight widths under the user's bit budget; then
+            every point's widths come from its ``bit_policy`` value, not ``w_bits``.
     """
     p = {**DEFAULTS, **point}
+    if bit_policy is not None:
+        # The allocator sets every width; the base only carries schemes and methods.
+        base = point_to_config({**p, "w_bits": 8, "first_last_8bit": False, "bit_policy": "uniform"},
+                               layer_names, sensitivity_order, seed)
+        keep_float = [name for name, layer in base.overrides if layer is None]
+        return bit_policy.apply(str(p["bit_policy"]), base, int(p["a_bits"]),
+                                edges_8bit=bool(p["first_last_8bit"]), keep_float=keep_float)
+    if p["bit_policy"] != "uniform":
+        raise UserInputError(f"bit_policy {p['bit_policy']!r} needs a bit budget (bit_budget='avg-bits=4.5').")
     layer = LayerQuantConfig(
         weight=WeightQuant(bits=int(p["w_bits"]), granularity=p["w_granularity"], method=p["w_method"]),
         activation=_act(str(p["a_method"]), int(p["a_bits"]), bool(p["a_symmetric"])),
@@ -131,11 +166,13 @@ def point_to_config(
 def describe_point(point: Mapping[str, Any]) -> str:
     """A compact human label of a point, e.g. ``W4A8 pc mse a=entropy +bc``."""
     p = {**DEFAULTS, **point}
-    parts = [f"W{p['w_bits']}A{p['a_bits']}", "pc" if p["w_granularity"] == "per_channel" else "pt"]
+    allocated = "w_bits" not in point and "bit_policy" in point  # widths from the allocator
+    w = f"[{p['bit_policy']}]" if allocated else p["w_bits"]
+    parts = [f"W{w}A{p['a_bits']}", "pc" if p["w_granularity"] == "per_channel" else "pt"]
     if p["w_method"] != "minmax":
         parts.append(f"w={p['w_method']}")
     parts.append(f"a={str(p['a_method']).replace('percentile:', 'p')}" + ("/sym" if p["a_symmetric"] else ""))
-    if not p["first_last_8bit"] and p["w_bits"] < 8:
+    if not p["first_last_8bit"] and (allocated or p["w_bits"] < 8):
         parts.append("edges-low")
     if p["bias_correction"]:
         parts.append("+bc")

@@ -66,3 +66,21 @@ def test_user_errors_exit_2_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "missing.pt" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_tune_with_a_bit_budget_allocates_every_trial(tmp_path):
+    out = tmp_path / "out"
+    proc = _quantune("tune", "--example", "--bit-budget", "avg-bits=4", "--trials", "2", "--no-latency",
+                     "--out", str(out), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["search"]["bit_budget"] == {"avg_bits": 4.0}
+    assert all("bit_policy" in t["point"] and "w_bits" not in t["point"] for t in report["trials"])
+    layers = report["layers"]
+    avg = sum(row["params"] * row["weight_bits"] for row in layers) / sum(row["params"] for row in layers)
+    assert avg <= 4.0 + 0.05  # params include the float bias; the allocator's budget counts weights only
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"w_bits": [4, 8]}))
+    bad = _quantune("tune", "--example", "--bit-budget", "avg-bits=4", "--space", str(space),
+                    "--out", str(tmp_path / "o2"), "--quiet", cwd=tmp_path)
+    assert bad.returncode == 2 and "drop the w_bits" in bad.stderr and "Traceback" not in bad.stderr
