@@ -3,8 +3,8 @@
     python benchmarks/calibration.py --json out.json [--quick] [--models example,efficientnet-lite0]
 
 Rows: ``model, weight_bits, act_bits, method, metric_name, metric, calib_s, peak_rss_mb``.
-``method`` is the activation range method, with ``+adaquant`` / ``+biascorr`` where
-applied. Weights are per-channel (min/max at 8 bits, MSE clipping below 8 bits); W4A4
+``method`` is the activation range method, with ``+gptq`` / ``+adaquant`` / ``+biascorr``
+where applied. Weights are per-channel (min/max at 8 bits, MSE clipping below 8 bits); W4A4
 keeps the first and last quantizable layers at W8A8. ``calib_s`` is the statistics
 pass plus the quantization (and calibration steps) of that row; ``peak_rss_mb`` is the
 process's peak so far. ``--memory`` adds the memory check: peak RSS of a fresh process
@@ -57,7 +57,22 @@ def make_config(prepared: Any, w_bits: int, a_bits: int, method: str, pct: float
     return cfg
 
 
-LOW_BIT_PROCS = ("base", "biascorr", "adaquant", "adaquant+biascorr")
+# Procedure rows: "base", or steps joined by "+" (run in the pipeline's order whatever
+# the order written: GPTQ, AdaQuant, then bias correction).
+PROC_STEPS = ("gptq", "adaquant", "biascorr")
+LOW_BIT_PROCS = ("base", "biascorr", "gptq", "gptq+biascorr", "adaquant", "adaquant+biascorr",
+                 "gptq+adaquant+biascorr")
+W8_PROCS = ("biascorr", "gptq", "gptq+biascorr")
+
+
+def procedure(key: str, adaquant: dict[str, Any]) -> CalibrationProcedure:
+    """The :class:`CalibrationProcedure` of a row key such as ``gptq+biascorr``."""
+    steps = set() if key == "base" else set(key.split("+"))
+    unknown = steps - set(PROC_STEPS)
+    if unknown:
+        raise SystemExit(f"unknown procedure step(s) {sorted(unknown)} in {key!r}; use base or {PROC_STEPS}")
+    return CalibrationProcedure(gptq="gptq" in steps, bias_correction="biascorr" in steps,
+                                adaquant="adaquant" in steps, **(adaquant if "adaquant" in steps else {}))
 
 
 def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
@@ -92,22 +107,21 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
     base = CalibrationProcedure()
     methods = [(m, p) for m, p in W8_METHODS if m in args.methods.split(",")]
     scores = {m: measure(8, 8, m, p, base, m if p is None else f"{m}{p}") for m, p in methods}
-    if name not in args.low_bit_models.split(","):
-        return
     best = max(scores, key=lambda m: scores[m])
     pct = dict(W8_METHODS)[best]
     label = best if pct is None else f"{best}{pct}"
     ada = {"adaquant_iters": args.adaquant_iters, "adaquant_time_budget_s": args.adaquant_budget}
-    procs = {
-        "base": (base, label),
-        "biascorr": (CalibrationProcedure(bias_correction=True), f"{label}+biascorr"),
-        "adaquant": (CalibrationProcedure(adaquant=True, **ada), f"{label}+adaquant"),
-        "adaquant+biascorr": (CalibrationProcedure(adaquant=True, bias_correction=True, **ada), f"{label}+adaquant+biascorr"),
-    }
+
+    def lab(key: str) -> str:
+        return label if key == "base" else f"{label}+{key}"
+
+    for key in [k for k in args.w8_procs.split(",") if k]:
+        measure(8, 8, best, pct, procedure(key, ada), lab(key))
+    if name not in args.low_bit_models.split(","):
+        return
     for a_bits in [int(b) for b in args.low_act_bits.split(",")]:
         for key in args.low_bit_procs.split(","):
-            proc, lab = procs[key]
-            measure(4, a_bits, best, pct, proc, lab)
+            measure(4, a_bits, best, pct, procedure(key, ada), lab(key))
 
 
 class Repeated:
@@ -173,6 +187,8 @@ def main() -> None:
     ap.add_argument("--low-act-bits", default="8,4", help="activation bits of the W4 rows")
     ap.add_argument("--low-bit-procs", default=",".join(LOW_BIT_PROCS),
                     help=f"W4 rows to run, of {','.join(LOW_BIT_PROCS)}")
+    ap.add_argument("--w8-procs", default=",".join(W8_PROCS),
+                    help="W8A8 procedure rows (best range method), e.g. gptq,gptq+biascorr; '' for none")
     ap.add_argument("--memory", default="", help="model for the N vs 4N memory check")
     ap.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()

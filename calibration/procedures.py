@@ -1,7 +1,8 @@
-"""Data-driven steps run after a model is quantized: AdaQuant, BN re-estimation, bias correction.
+"""Data-driven steps run after a model is quantized: GPTQ, AdaQuant, BN re-estimation, bias correction.
 
-Order (as in Hubara et al.'s pipeline): layer-wise calibration first (it changes the
-weights and step sizes), then BatchNorm statistics on the calibrated model, then bias
+Order (as in Hubara et al.'s pipeline): weight rounding (GPTQ) and layer-wise
+calibration first (they change the weights and step sizes; AdaQuant starts from the
+GPTQ weights), then BatchNorm statistics on the calibrated model, then bias
 correction, which removes whatever per-channel mean shift remains.
 """
 
@@ -21,11 +22,20 @@ def run_procedure(qmodel: Any, prepared: Any, procedure: CalibrationProcedure) -
     as ``qmodel.calibration_log``) records what each step did and how long it took.
     """
     log: dict[str, Any] = {}
-    if not (procedure.adaquant or procedure.bn_reestimate or procedure.bias_correction):
+    if not (procedure.gptq or procedure.adaquant or procedure.bn_reestimate or procedure.bias_correction):
         return log
     data = prepared.calibration_data(procedure.max_samples, procedure.seed)
     batches = data if isinstance(data, list) else list(data)
     show = bool(getattr(prepared, "show_progress", False))
+    if procedure.gptq:
+        from quantune.calibration.gptq_layers import run_gptq
+
+        t = time.perf_counter()
+        done = run_gptq(qmodel, prepared.float_model, batches, damp=procedure.gptq_damp,
+                        act_order=procedure.gptq_act_order, sequential=procedure.gptq_sequential,
+                        float_target=procedure.gptq_float_target,
+                        show_progress=show)
+        log["gptq"] = {"layers": [r.__dict__ for r in done], "seconds": time.perf_counter() - t}
     if procedure.adaquant:
         from quantune.calibration.layerwise import run_adaquant
 

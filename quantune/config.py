@@ -132,6 +132,14 @@ class CalibrationProcedure:
             take 16x as many input rows (tokens) per step.
         adaquant_cache_mb: per-layer cap on cached inputs + float targets; a seeded
             subset of samples (or rows) is kept when the calibration set is larger.
+        gptq: round the weights with GPTQ against each layer's input Hessian (runs
+            first; the grid of the weight range method is kept).
+        gptq_damp: GPTQ's Hessian damping, a fraction of the mean diagonal.
+        gptq_act_order: GPTQ quantizes the most energetic input columns first.
+        gptq_sequential: measure each layer's inputs on the model whose earlier layers
+            are already rounded (False: one float pass for every layer, faster).
+        gptq_float_target: (sequential) round towards the float model's layer output,
+            absorbing the error of earlier layers in closed form.
     """
 
     max_samples: int | None = None
@@ -145,6 +153,11 @@ class CalibrationProcedure:
     adaquant_lr: float = 1e-3
     adaquant_batch_size: int = 32
     adaquant_cache_mb: int = 256
+    gptq: bool = False
+    gptq_damp: float = 0.01
+    gptq_act_order: bool = True
+    gptq_sequential: bool = True
+    gptq_float_target: bool = True
 
     def __post_init__(self) -> None:
         if self.max_samples is not None and self.max_samples < 1:
@@ -159,6 +172,8 @@ class CalibrationProcedure:
             raise UserInputError(f"adaquant_lr must be in (0, 1), got {self.adaquant_lr!r}.")
         if self.adaquant_batch_size < 1 or self.adaquant_cache_mb < 1:
             raise UserInputError("adaquant_batch_size and adaquant_cache_mb must be >= 1.")
+        if not 0.0 < float(self.gptq_damp) <= 1.0:
+            raise UserInputError(f"gptq_damp must be in (0, 1], got {self.gptq_damp!r}.")
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ DEFAULT_DIMENSIONS: dict[str, tuple[Any, ...]] = {
     "a_symmetric": (False, True),
     "first_last_8bit": (True, False),
     "bias_correction": (False, True),
+    "gptq": (False, True),
     "adaquant": (False, True),
     "calib_samples": (None,),
     "float_fallback": (0,),
@@ -48,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "a_symmetric": False,
     "first_last_8bit": True,
     "bias_correction": False,
+    "gptq": False,
     "adaquant": False,
     "calib_samples": None,
     "float_fallback": 0,
@@ -158,6 +160,7 @@ def point_to_config(
         max_samples=p["calib_samples"],
         bias_correction=bool(p["bias_correction"]),
         adaquant=bool(p["adaquant"]),
+        gptq=bool(p["gptq"]),
         seed=seed,
     )
     return QuantConfig(default=layer, overrides=tuple(overrides.items()), procedure=procedure)
@@ -176,6 +179,8 @@ def describe_point(point: Mapping[str, Any]) -> str:
         parts.append("edges-low")
     if p["bias_correction"]:
         parts.append("+bc")
+    if p["gptq"]:
+        parts.append("+gptq")
     if p["adaquant"]:
         parts.append("+adaquant")
     if p["float_fallback"]:
