@@ -15,6 +15,9 @@ which is exact for this objective because ``E||W x_f - Q x_q||^2`` differs from
 ``tr((Q - W*) H (Q - W*)^T)`` by a constant. Each layer keeps whichever of nearest
 rounding, GPTQ of ``W`` and GPTQ of ``W*`` has the least float-target error on the
 calibration data; ``W*`` is only tried with enough rows per input to estimate it.
+It is off by default: on EfficientNet-Lite0 (W8A8, 32 calibration images) it fits the
+calibration images' upstream error and lowered the held-out top-1 agreement from 0.885
+(plain sequential GPTQ) to 0.719.
 """
 
 from __future__ import annotations
@@ -150,7 +153,7 @@ def run_gptq(
     damp: float = 0.01,
     act_order: bool = True,
     sequential: bool = True,
-    float_target: bool = True,
+    float_target: bool = False,
     show_progress: bool = False,
 ) -> list[GPTQResult]:
     """GPTQ-round every quantized layer of ``qmodel`` in place, in execution order.

@@ -157,7 +157,7 @@ class CalibrationProcedure:
     gptq_damp: float = 0.01
     gptq_act_order: bool = True
     gptq_sequential: bool = True
-    gptq_float_target: bool = True
+    gptq_float_target: bool = False
 
     def __post_init__(self) -> None:
         if self.max_samples is not None and self.max_samples < 1:

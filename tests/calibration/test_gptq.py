@@ -120,3 +120,36 @@ def test_gptq_options_round_trip_and_validate() -> None:
     assert QuantConfig.from_dict(config.to_dict()) == config
     with pytest.raises(Exception, match="gptq_damp"):
         CalibrationProcedure(gptq=True, gptq_damp=0.0)
+
+
+def test_float_target_weights_are_the_least_squares_solution() -> None:
+    # W* = argmin E||W x_f - W* x_q||^2 absorbs a known input distortion in closed form.
+    from quantune.calibration.gptq_layers import _float_target_weights
+
+    g = torch.Generator().manual_seed(4)
+    x_f = torch.randn(4000, 6, generator=g)
+    x_q = x_f @ (torch.eye(6) + 0.1 * torch.randn(6, 6, generator=g)) + 0.01 * torch.randn(4000, 6, generator=g)
+    layer = _layer(nn.Linear(6, 3))
+    moments = InputMoments(layer)
+    moments.update(x_q, x_f)
+    w = layer.weight.detach().double().reshape(1, 3, 6)
+    got = _float_target_weights(w, moments, damp=1e-9)[0]
+    expected = torch.linalg.lstsq(x_q.double(), (x_f.double() @ w[0].t())).solution.t()
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, w[0], atol=1e-2)  # the distortion really is absorbed
+
+
+def test_float_target_mode_tries_the_closed_form_candidate(convnet) -> None:
+    calib = _smooth_images(64, seed=0)
+    prepared = PreparedModel(convnet, calib, show_progress=False)
+    proc = CalibrationProcedure(gptq=True, gptq_float_target=True)
+    q = prepared.quantize(QuantConfig(LayerQuantConfig(WeightQuant(bits=3), ActQuant(bits=8)), procedure=proc),
+                          mode="simulate")
+    layers = q.calibration_log["gptq"]["layers"]
+    tried = [r for r in layers if r["error_float_target"] is not None]
+    assert tried  # enough rows per input on the conv layers
+    for r in layers:  # each layer keeps its least-error candidate
+        best = min(e for e in (r["error_nearest"], r["error_gptq"], r["error_float_target"]) if e is not None)
+        chosen = {"nearest": r["error_nearest"], "gptq": r["error_gptq"],
+                  "gptq_float_target": r["error_float_target"]}[r["chosen"]]
+        assert chosen == best
