@@ -28,7 +28,7 @@ from quantune.modules import QuantizedLayer
 from quantune.progress import progress_bar
 
 
-def _output_means(model: nn.Module, kinds: dict[str, str], batches: list[Any], stop: bool) -> dict[str, ChannelMoments]:
+def output_means(model: nn.Module, kinds: dict[str, str], batches: list[Any], stop: bool) -> dict[str, ChannelMoments]:
     """Per-channel output moments of the named layers (stop after the single layer if ``stop``)."""
     moments = {n: ChannelMoments() for n in kinds}
 
@@ -69,7 +69,7 @@ def bias_correction(qmodel: Any, float_model: nn.Module, batches: list[Any], *, 
     """
     qlayers: dict[str, QuantizedLayer] = qmodel.quantized_layers()
     kinds = {n: m.kind for n, m in qlayers.items()}
-    target = _output_means(float_model, kinds, batches, stop=False)
+    target = output_means(float_model, kinds, batches, stop=False)
     qmodel.set_mode("simulate")
     removed: dict[str, float] = {}
     names = execution_order(float_model, list(qlayers), batches[0])
@@ -78,7 +78,7 @@ def bias_correction(qmodel: Any, float_model: nn.Module, batches: list[Any], *, 
         bar.update(1)
         if target[name].sum is None:  # the layer never ran
             continue
-        got = _output_means(qmodel.model, {name: kinds[name]}, batches, stop=True)[name]
+        got = output_means(qmodel.model, {name: kinds[name]}, batches, stop=True)[name]
         delta = (got.mean - target[name].mean).float()
         layer = qlayers[name]
         if layer.bias is None:

@@ -39,6 +39,7 @@ class InputMoments:
         self.qq = torch.zeros(shape, dtype=torch.float64)
         self.fq: torch.Tensor | None = None
         self.ff: torch.Tensor | None = None
+        self.sum_q = torch.zeros(self.groups, self.k, dtype=torch.float64)  # for E[x_q]
         self.rows = 0
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,6 +69,7 @@ class InputMoments:
         for start in range(0, x_q.shape[0], step):
             q = self.patches(x_q[start:start + step])
             self.qq += torch.bmm(q, q.transpose(1, 2)).double()
+            self.sum_q += q.sum(-1).double()
             if x_f is not None:
                 f = self.patches(x_f.detach().float()[start:start + step])
                 fq = torch.bmm(f, q.transpose(1, 2)).double()
@@ -83,6 +85,11 @@ class InputMoments:
     def hessian(self) -> torch.Tensor:
         """``E[x_q x_q^T]`` per group, ``[groups, K, K]`` float64."""
         return self.qq / max(self.rows, 1)
+
+    def mean(self) -> torch.Tensor:
+        """``E[x_q]`` per group, ``[groups, K]``: the layer's mean output is ``W E[x_q] + b``
+        (exact for convolutions too: im2col patches include the zero padding)."""
+        return self.sum_q / max(self.rows, 1)
 
     def cross(self) -> torch.Tensor:
         """``E[x_f x_q^T]`` (``H`` itself without paired inputs)."""

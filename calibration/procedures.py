@@ -27,15 +27,22 @@ def run_procedure(qmodel: Any, prepared: Any, procedure: CalibrationProcedure) -
     data = prepared.calibration_data(procedure.max_samples, procedure.seed)
     batches = data if isinstance(data, list) else list(data)
     show = bool(getattr(prepared, "show_progress", False))
+    # GPTQ then bias correction, nothing in between: correct each layer's bias right
+    # after rounding it, in GPTQ's sequential pass (one pass over the layers, not two).
+    fused_bias = (procedure.gptq and procedure.bias_correction and procedure.gptq_sequential
+                  and not procedure.adaquant and not procedure.bn_reestimate)
     if procedure.gptq:
         from quantune.calibration.gptq_layers import run_gptq
 
         t = time.perf_counter()
         done = run_gptq(qmodel, prepared.float_model, batches, damp=procedure.gptq_damp,
                         act_order=procedure.gptq_act_order, sequential=procedure.gptq_sequential,
-                        float_target=procedure.gptq_float_target,
+                        float_target=procedure.gptq_float_target, correct_bias=fused_bias,
                         show_progress=show)
         log["gptq"] = {"layers": [r.__dict__ for r in done], "seconds": time.perf_counter() - t}
+        if fused_bias:
+            log["bias_correction"] = {"shift_removed": {r.name: r.bias_shift for r in done},
+                                      "fused_with": "gptq", "seconds": 0.0}
     if procedure.adaquant:
         from quantune.calibration.layerwise import run_adaquant
 
@@ -48,7 +55,7 @@ def run_procedure(qmodel: Any, prepared: Any, procedure: CalibrationProcedure) -
         t = time.perf_counter()
         report = reestimate_bn(qmodel, getattr(prepared, "bn_modules", {}), batches)
         log["bn_reestimate"] = {"batchnorms": report, "seconds": time.perf_counter() - t}
-    if procedure.bias_correction:
+    if procedure.bias_correction and not fused_bias:
         from quantune.calibration.bias_correction import bias_correction
 
         t = time.perf_counter()

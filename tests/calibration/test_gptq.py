@@ -153,3 +153,25 @@ def test_float_target_mode_tries_the_closed_form_candidate(convnet) -> None:
         chosen = {"nearest": r["error_nearest"], "gptq": r["error_gptq"],
                   "gptq_float_target": r["error_float_target"]}[r["chosen"]]
         assert chosen == best
+
+
+def test_fused_bias_correction_matches_every_layer_mean_to_float(convnet) -> None:
+    from quantune.calibration.bias_correction import output_means
+
+    calib = _smooth_images(32, seed=0)
+    prepared = PreparedModel(convnet, calib, show_progress=False)
+    proc = CalibrationProcedure(gptq=True, bias_correction=True)
+    q = prepared.quantize(QuantConfig(LayerQuantConfig(WeightQuant(bits=3), ActQuant(bits=4)), procedure=proc),
+                          mode="simulate")
+    assert q.calibration_log["bias_correction"]["fused_with"] == "gptq"
+    kinds = {n: m.kind for n, m in q.quantized_layers().items()}
+    batches = list(prepared.calibration_data(None, 0))
+    want = output_means(prepared.float_model, kinds, batches, stop=False)
+    got = output_means(q.model, kinds, batches, stop=False)
+    uncorrected = prepared.quantize(QuantConfig(LayerQuantConfig(WeightQuant(bits=3), ActQuant(bits=4)),
+                                                procedure=CalibrationProcedure(gptq=True)), mode="simulate")
+    before = output_means(uncorrected.model, kinds, batches, stop=False)
+    for name in kinds:
+        shift = (got[name].mean - want[name].mean).abs().max()
+        assert shift < 1e-4 * (1 + want[name].mean.abs().max())
+    assert any((before[n].mean - want[n].mean).abs().max() > 1e-3 for n in kinds)
