@@ -27,6 +27,13 @@ from typing import Any
 
 import torch
 
+from quantune.config import (
+    ActQuant,
+    CalibrationProcedure,
+    LayerQuantConfig,
+    QuantConfig,
+    WeightQuant,
+)
 from quantune.errors import QuantuneError
 from quantune.prepare import prepare
 from quantune.search.allocation import AllocationInfeasibleError, apply_allocation
@@ -51,8 +58,21 @@ def load_entry(name: str, quick: bool) -> Any:
         return None
 
 
-def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tuple[float, ...]) -> list[dict[str, Any]]:
-    """Every (policy, budget) row of one model."""
+def base_config(weight_method: str, procedure: str) -> QuantConfig:
+    """The configuration an allocation only changes the widths of: weight range method and
+    calibration procedure (``base`` or steps joined by ``+``: gptq, adaquant, biascorr)."""
+    steps = set() if procedure == "base" else set(procedure.split("+"))
+    unknown = steps - {"gptq", "adaquant", "biascorr"}
+    if unknown:
+        raise SystemExit(f"unknown procedure step(s) {sorted(unknown)}; use base or gptq, adaquant, biascorr")
+    proc = CalibrationProcedure(gptq="gptq" in steps, adaquant="adaquant" in steps,
+                                bias_correction="biascorr" in steps)
+    return QuantConfig(LayerQuantConfig(WeightQuant(method=weight_method), ActQuant()), procedure=proc)
+
+
+def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tuple[float, ...],
+              base: QuantConfig | None = None, policies: tuple[str, ...] = POLICIES) -> list[dict[str, Any]]:
+    """Every (policy, budget) row of one model; ``base`` sets range methods and procedure."""
     t0 = time.perf_counter()
     prepared = prepare(entry.model, entry.calib_batches)
     options = AllocationOptions(act_bits=(8,), proxy=proxy, max_samples=max_samples, show_progress=True)
@@ -60,15 +80,16 @@ def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tupl
     float_metric = entry.evaluate(entry.model)[metric_name]
     rows: list[dict[str, Any]] = []
     for budget in budgets:
-        for policy in POLICIES:
+        for policy in policies:
             row: dict[str, Any] = {"model": name, "policy": policy, "budget_avg_bits": budget,
-                                   "metric_name": metric_name, "float_metric": float_metric, "proxy": proxy}
+                                   "metric_name": metric_name, "float_metric": float_metric, "proxy": proxy,
+                                   "procedure": _procedure_label(base)}
             try:
                 allocation = allocate_bits(prepared, budget={"avg_bits": budget}, options=options, policy=policy)
             except AllocationInfeasibleError as exc:
                 rows.append({**row, "error": str(exc)})
                 continue
-            qmodel = prepared.quantize(apply_allocation(allocation), mode="simulate")
+            qmodel = prepared.quantize(apply_allocation(allocation, base), mode="simulate")
             metrics = entry.evaluate(qmodel)
             rows.append({**row, "avg_weight_bits": allocation.avg_bits, "size_bytes": qmodel.size_bytes(),
                          "weight_bytes": allocation.size_bytes, "metric": metrics[metric_name],
@@ -78,6 +99,14 @@ def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tupl
                   f"{metric_name} {metrics[metric_name]:.4f}", flush=True)
     print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
     return rows
+
+
+def _procedure_label(base: QuantConfig | None) -> str:
+    if base is None:
+        return "minmax"
+    proc, layer = base.procedure, base.default
+    steps = [s for s, on in (("gptq", proc.gptq), ("adaquant", proc.adaquant), ("biascorr", proc.bias_correction)) if on]
+    return "+".join([layer.weight.method if layer is not None else "minmax", *steps])
 
 
 def check_targets(rows: list[dict[str, Any]]) -> list[str]:
@@ -141,7 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated zoo names")
     parser.add_argument("--proxy", default=None, help="override the per-model sensitivity proxy")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
+    parser.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS), help="average weight bits")
+    parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated policies")
+    parser.add_argument("--weight-method", default="minmax", choices=("minmax", "mse"),
+                        help="weight range method of every layer (the allocation sets the widths)")
+    parser.add_argument("--procedure", default="base",
+                        help="calibration after allocation: base, or steps joined by + (gptq, adaquant, biascorr)")
     args = parser.parse_args(argv)
+    budgets = tuple(float(b) for b in args.budgets.split(",") if b.strip())
+    policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
+    base = base_config(args.weight_method, args.procedure)
     torch.set_num_threads(args.threads)
     max_samples = 32 if args.quick else 256
     rows: list[dict[str, Any]] = []
@@ -150,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         if entry is None:
             continue
         proxy = args.proxy or DEFAULT_PROXY.get(name, "hessian")
-        rows += run_model(name, entry, proxy, max_samples, BUDGETS)
+        rows += run_model(name, entry, proxy, max_samples, budgets, base, policies)
         write(args.json, rows, args.quick)  # after each model: a later crash keeps these rows
     verdicts = write(args.json, rows, args.quick)
     print("\n".join(verdicts))

@@ -17,10 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantune import kernels
+from quantune.clamp_mark import mark_clamped
 from quantune.config import ActQuant, LayerQuantConfig, WeightQuant
 from quantune.errors import UserInputError
 from quantune.kernels.decide import DECISION_CACHE, PathDecision, measure_paths
 from quantune.kernels.dispatch import selected_backend
+from quantune.kernels.epilogue import clamp_bounds
 from quantune.kernels.onednn_pack import needs_split
 from quantune.kernels.quantize_input import quantize_to_uint8
 from quantune.kernels.weights import QuantizedWeight
@@ -85,6 +87,8 @@ class QuantizedLayer(nn.Module):
         #: How integer mode runs this layer (path, backend, measured latencies), set
         #: on the first integer forward; readable for reports.
         self.integer_decision: PathDecision | None = None
+        #: Activation applied in the integer epilogue (set by activation fusion).
+        self.fused_activation: str | None = None
 
     @property
     def backend(self) -> str:
@@ -235,12 +239,19 @@ class QuantizedLayer(nn.Module):
         sx = self._act_params()[0]
         if self.integer_decision is None:
             self.integer_decision = self._decide(x, qw, out_dtype)
+        activation = getattr(self, "fused_activation", None)
         if self.integer_decision.path == "float":
             # Measured faster: the simulated computation in float (same codes, float
             # accumulation), for a layer too small for the integer kernel to pay off.
-            return self._float_op(self.fake_quant_input(x), self._float_weight()).to(out_dtype)
-        qx, zx = self.quantize_input_u8(x)
-        return self._run_integer(qx, sx, zx, qw, out_dtype)
+            y = self._float_op(self.fake_quant_input(x), self._float_weight()).to(out_dtype)
+            if activation is not None:
+                y = y.clamp_(*clamp_bounds(activation))  # type: ignore[misc]
+        else:
+            qx, zx = self.quantize_input_u8(x)
+            y = self._run_integer(qx, sx, zx, qw, out_dtype, activation)
+        if activation is not None:
+            mark_clamped(y, clamp_bounds(activation))  # type: ignore[arg-type]
+        return y
 
     def _decide(self, x: torch.Tensor, qw: QuantizedWeight, out_dtype: torch.dtype) -> PathDecision:
         qx, zx = self.quantize_input_u8(x)
@@ -271,9 +282,9 @@ class QuantizedLayer(nn.Module):
         return decision
 
     def _run_integer(self, qx: torch.Tensor, sx: float, zx: int, qw: QuantizedWeight,
-                     out_dtype: torch.dtype) -> torch.Tensor:
+                     out_dtype: torch.dtype, activation: str | None = None) -> torch.Tensor:
         if self.kind == "linear":
-            return kernels.linear(qx, sx, zx, qw, self.bias, None, out_dtype, self.backend)
+            return kernels.linear(qx, sx, zx, qw, self.bias, activation, out_dtype, self.backend)
         padding = self.padding
         if isinstance(padding, str):
             qx, padding = self._explicit_padding(qx, zx)
@@ -282,9 +293,9 @@ class QuantizedLayer(nn.Module):
             # codes costs a quarter of converting the float input.
             qx = qx.contiguous(memory_format=torch.channels_last)
             return kernels.conv2d(qx, sx, zx, qw, self.bias, self.stride, tuple(padding),
-                                  self.dilation, self.groups, None, out_dtype, self.backend)
+                                  self.dilation, self.groups, activation, out_dtype, self.backend)
         return kernels.conv1d(qx, sx, zx, qw, self.bias, self.stride[0], padding[0],
-                              self.dilation[0], self.groups, None, out_dtype, self.backend)
+                              self.dilation[0], self.groups, activation, out_dtype, self.backend)
 
     def _explicit_padding(self, qx: torch.Tensor, zx: int) -> tuple[torch.Tensor, tuple[int, ...]]:
         # padding="valid" / "same": pad with the zero point's code (float 0.0) up front.

@@ -42,9 +42,28 @@ class QuantizedModel(nn.Module):
         self.bn_pairs = bn_pairs
         self.unsupported = unsupported
         self.float_size_bytes = float_size_bytes
+        #: Integer mode fuses ReLU / ReLU6 / clamp into the layer before (see
+        #: :mod:`quantune.activation_fusion`); decided on the first integer forward.
+        self.fuse_activations = True
+        self.fused_activations: dict[str, str] | None = None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if (getattr(self, "fuse_activations", False) and getattr(self, "fused_activations", None) is None
+                and self.mode == "integer"):
+            self._fuse(args, kwargs)
         return self.model(*args, **kwargs)
+
+    def _fuse(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Find the activations to fuse on this input (one float pass) and fuse them."""
+        from quantune.activation_fusion import apply_fusion, find_fusable
+
+        self.set_mode("float")  # observe the data flow without timing or compiling kernels
+        try:
+            fused = find_fusable(self.model, lambda: self.model(*args, **kwargs))
+        finally:
+            self.set_mode("integer")
+        apply_fusion(self.model, fused)
+        self.fused_activations = fused
 
     def quantized_layers(self) -> dict[str, QuantizedLayer]:
         """Name -> quantized layer, for every layer that is quantized."""

@@ -1,0 +1,111 @@
+"""Activation fusion in integer mode: found only where exact, and never changes the output."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quantune.activation_fusion import SkippingReLU6
+from quantune.config import QuantConfig
+from quantune.prepare import quantize
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Chain(nn.Module):
+    """conv -> BN -> ReLU6 -> conv -> ReLU (inplace) -> conv -> Hardtanh(-1, 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.bn, self.a1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6()
+        self.c2, self.a2 = nn.Conv2d(8, 8, 1), nn.ReLU(inplace=True)
+        self.c3, self.a3 = nn.Conv2d(8, 4, 3, padding=1), nn.Hardtanh(-1.0, 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a3(self.c3(self.a2(self.c2(self.a1(self.bn(self.c1(x)))))))
+
+
+class Residual(nn.Module):
+    """The pre-activation output is also used by an add: fusing would be wrong."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.act, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(), nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c1(x)
+        return self.c2(self.act(y) + y)
+
+
+class SharedActivation(nn.Module):
+    """One ReLU6 module used twice, with an in-place write between the two calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.act = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.c1(x))
+        y += 10.0  # in place: the tensor is no longer clamped
+        return self.act(y)
+
+
+class Functional(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(12, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+def _batches(shape: tuple[int, ...]) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [3 * torch.randn(*shape, generator=g) for _ in range(3)]
+
+
+def _integer_pair(model: nn.Module, shape: tuple[int, ...]):
+    batches = _batches(shape)
+    fused = quantize(model.eval(), QuantConfig(), batches, mode="integer")
+    plain = quantize(model.eval(), QuantConfig(), batches, mode="integer")
+    plain.fuse_activations = False
+    x = batches[0]
+    with torch.no_grad():
+        first = fused(x)  # decides the fusion on this input (computed unfused)
+        return fused, plain, first, fused(x), plain(x)
+
+
+@pytest.mark.parametrize(
+    ("model", "shape", "expected"),
+    [
+        (Chain(), (4, 3, 10, 10), {"c1": "relu6", "c2": "relu", "c3": "clamp:-1.0:2.0"}),
+        (Residual(), (4, 3, 10, 10), {}),
+        (SharedActivation(), (4, 3, 10, 10), {"c1": "relu6"}),
+        (Functional(), (6, 12), {"fc1": "relu"}),
+    ],
+)
+def test_fusion_is_found_only_where_exact_and_keeps_outputs(model, shape, expected) -> None:
+    fused, plain, first, after, reference = _integer_pair(model, shape)
+    assert fused.fused_activations == expected
+    assert plain.fused_activations is None
+    assert torch.allclose(first, reference, atol=1e-5)
+    assert torch.allclose(after, reference, atol=1e-5)
+
+
+def test_in_place_write_revokes_the_skip() -> None:
+    fused, _, _, after, _ = _integer_pair(SharedActivation(), (4, 3, 10, 10))
+    assert isinstance(fused.model.act, SkippingReLU6) and isinstance(fused.model.act, nn.ReLU6)
+    assert after.max() <= 6.0  # the second call ran: +10 was clamped back to 6
+
+
+def test_fused_model_copies_and_pickles() -> None:
+    fused, _, _, after, _ = _integer_pair(Chain(), (4, 3, 10, 10))
+    x = _batches((4, 3, 10, 10))[0]
+    for clone in (copy.deepcopy(fused), pickle.loads(pickle.dumps(fused))):
+        with torch.no_grad():
+            assert torch.allclose(clone(x), after, atol=1e-5)
