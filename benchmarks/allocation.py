@@ -60,14 +60,9 @@ def load_entry(name: str, quick: bool) -> Any:
 
 def base_config(weight_method: str, procedure: str) -> QuantConfig:
     """The configuration an allocation only changes the widths of: weight range method and
-    calibration procedure (``base`` or steps joined by ``+``: gptq, adaquant, biascorr)."""
-    steps = set() if procedure == "base" else set(procedure.split("+"))
-    unknown = steps - {"gptq", "adaquant", "biascorr"}
-    if unknown:
-        raise SystemExit(f"unknown procedure step(s) {sorted(unknown)}; use base or gptq, adaquant, biascorr")
-    proc = CalibrationProcedure(gptq="gptq" in steps, adaquant="adaquant" in steps,
-                                bias_correction="biascorr" in steps)
-    return QuantConfig(LayerQuantConfig(WeightQuant(method=weight_method), ActQuant()), procedure=proc)
+    calibration procedure (``base`` or steps joined by ``+``: gptq, adaquant, bn, biascorr)."""
+    return QuantConfig(LayerQuantConfig(WeightQuant(method=weight_method), ActQuant()),
+                       procedure=CalibrationProcedure.from_steps(procedure))
 
 
 def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tuple[float, ...],
@@ -104,9 +99,8 @@ def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tupl
 def _procedure_label(base: QuantConfig | None) -> str:
     if base is None:
         return "minmax"
-    proc, layer = base.procedure, base.default
-    steps = [s for s, on in (("gptq", proc.gptq), ("adaquant", proc.adaquant), ("biascorr", proc.bias_correction)) if on]
-    return "+".join([layer.weight.method if layer is not None else "minmax", *steps])
+    method = base.default.weight.method if base.default is not None else "minmax"
+    return method if base.procedure.steps == "base" else f"{method}+{base.procedure.steps}"
 
 
 def check_targets(rows: list[dict[str, Any]]) -> list[str]:

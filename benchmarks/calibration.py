@@ -57,9 +57,8 @@ def make_config(prepared: Any, w_bits: int, a_bits: int, method: str, pct: float
     return cfg
 
 
-# Procedure rows: "base", or steps joined by "+" (run in the pipeline's order whatever
-# the order written: GPTQ, AdaQuant, then bias correction).
-PROC_STEPS = ("gptq", "adaquant", "biascorr")
+# Procedure rows: "base", or steps joined by "+" (CalibrationProcedure.from_steps; they run
+# in the pipeline's order whatever the order written: GPTQ, AdaQuant, then bias correction).
 LOW_BIT_PROCS = ("base", "biascorr", "gptq", "gptq+biascorr", "adaquant", "adaquant+biascorr",
                  "gptq+adaquant+biascorr")
 W8_PROCS = ("biascorr", "gptq", "gptq+biascorr")
@@ -67,12 +66,7 @@ W8_PROCS = ("biascorr", "gptq", "gptq+biascorr")
 
 def procedure(key: str, adaquant: dict[str, Any]) -> CalibrationProcedure:
     """The :class:`CalibrationProcedure` of a row key such as ``gptq+biascorr``."""
-    steps = set() if key == "base" else set(key.split("+"))
-    unknown = steps - set(PROC_STEPS)
-    if unknown:
-        raise SystemExit(f"unknown procedure step(s) {sorted(unknown)} in {key!r}; use base or {PROC_STEPS}")
-    return CalibrationProcedure(gptq="gptq" in steps, bias_correction="biascorr" in steps,
-                                adaquant="adaquant" in steps, **(adaquant if "adaquant" in steps else {}))
+    return CalibrationProcedure.from_steps(key, **(adaquant if "adaquant" in key else {}))
 
 
 def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:

@@ -1,8 +1,13 @@
-"""End-to-end latency: FP32 eager vs quantune W8A8 in integer mode.
+"""End-to-end latency: FP32 eager vs quantune W8A8 (and W7A8) in integer mode.
 
 Usage::
 
     python benchmarks/e2e.py --json out.json [--models example minilm-l6 ...] [--no-eval]
+        [--weight-bits 8,7] [--procedure gptq+biascorr]
+
+W7A8 is the x86 "reduce range" format: codes still int8, but |w| <= 63 lets CPUs
+without VNNI run one u8 x s8 GEMM instead of two (vpmaddubsw saturates int16 pairs
+of 8-bit products; see ``quantune/kernels/onednn_pack.py``).
 
 For each model of the zoo that is installed (the bundled example always is;
 EfficientNet-Lite0 and MiniLM-L6 need ``quantune[models]``): quantize with the default
@@ -34,7 +39,13 @@ from _ort_peer import build_ort_int8  # noqa: E402
 from _timing import time_interleaved  # noqa: E402
 
 import quantune  # noqa: E402
-from quantune.config import QuantConfig  # noqa: E402
+from quantune.config import (  # noqa: E402
+    ActQuant,
+    CalibrationProcedure,
+    LayerQuantConfig,
+    QuantConfig,
+    WeightQuant,
+)
 
 
 def timing_input(name: str, entry: Any) -> tuple[Any, str]:
@@ -61,7 +72,8 @@ def _call(model: Any, x: Any) -> Any:
     return model(**x) if isinstance(x, dict) else model(x)
 
 
-def bench_model(name: str, evaluate: bool, budget_s: float) -> dict[str, Any] | None:
+def bench_model(name: str, evaluate: bool, budget_s: float, weight_bits: tuple[int, ...] = (8,),
+                procedure: str = "base") -> dict[str, Any] | None:
     from quantune import zoo
 
     try:
@@ -69,35 +81,46 @@ def bench_model(name: str, evaluate: bool, budget_s: float) -> dict[str, Any] | 
     except Exception as exc:  # a missing optional package or weights: skip, say why
         print(f"{name}: skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
         return None
+    proc = CalibrationProcedure.from_steps(procedure)
+    prepared = quantune.prepare_model(entry.model, entry.calib_batches, show_progress=False)
+    qmodels = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        qmodel = quantune.quantize(entry.model, QuantConfig(), entry.calib_batches, mode="integer")
+        for bits in weight_bits:
+            config = QuantConfig(LayerQuantConfig(WeightQuant(bits=bits), ActQuant()), procedure=proc)
+            qmodels[bits] = prepared.quantize(config, mode="integer")
     x, label = timing_input(name, entry)
     float_model = entry.model.eval()
-    fns = {"fp32": lambda: _call(float_model, x), "int8": lambda: _call(qmodel, x)}
+    fns = {"fp32": lambda: _call(float_model, x)}
+    for bits, qm in qmodels.items():
+        fns[f"w{bits}a8"] = lambda qm=qm: _call(qm, x)
     ort_int8 = build_ort_int8(float_model, entry.calib_batches, x, entry.input_names, torch.get_num_threads())
     if callable(ort_int8):
         fns["ort_int8"] = ort_int8
     with torch.no_grad():
         ms = time_interleaved(fns, min_rounds=5, budget_s=budget_s, warmup=2)
-    paths = Counter(
-        f"{m.integer_decision.path}:{m.integer_decision.backend}"
-        for m in qmodel.quantized_layers().values() if m.integer_decision is not None
-    )
-    row: dict[str, Any] = {"model": name, "input": label, "fp32_ms": round(ms["fp32"], 3),
-                           "int8_ms": round(ms["int8"], 3), "speedup": round(ms["fp32"] / ms["int8"], 3),
-                           "integer_paths": dict(paths)}
+    row: dict[str, Any] = {"model": name, "input": label, "procedure": proc.steps, "fp32_ms": round(ms["fp32"], 3)}
+    for bits, qm in qmodels.items():
+        paths = Counter(
+            f"{m.integer_decision.path}:{m.integer_decision.backend}"
+            for m in qm.quantized_layers().values() if m.integer_decision is not None
+        )
+        key = "int8" if bits == 8 else f"w{bits}a8"
+        row[f"{key}_ms"] = round(ms[f"w{bits}a8"], 3)
+        row["speedup" if bits == 8 else f"speedup_{key}"] = round(ms["fp32"] / ms[f"w{bits}a8"], 3)
+        row["integer_paths" if bits == 8 else f"integer_paths_{key}"] = dict(paths)
+        row["fused_activations" if bits == 8 else f"fused_activations_{key}"] = len(qm.fused_activations or {})
+        if evaluate:
+            with torch.no_grad():
+                row["fidelity_integer" if bits == 8 else f"fidelity_integer_{key}"] = entry.evaluate(qm)
+                qm.set_mode("simulate")
+                row["fidelity_simulate" if bits == 8 else f"fidelity_simulate_{key}"] = entry.evaluate(qm)
+                qm.set_mode("integer")
     if "ort_int8" in ms:
         row["ort_int8_ms"] = round(ms["ort_int8"], 3)
         row["speedup_ort_int8"] = round(ms["fp32"] / ms["ort_int8"], 3)
     else:
         row["ort_int8_note"] = ort_int8
-    if evaluate:
-        with torch.no_grad():
-            row["fidelity_integer"] = entry.evaluate(qmodel)
-            qmodel.set_mode("simulate")
-            row["fidelity_simulate"] = entry.evaluate(qmodel)
-            qmodel.set_mode("integer")
     return row
 
 
@@ -108,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-eval", action="store_true", help="skip the fidelity evaluation")
     p.add_argument("--budget", type=float, default=4.0, help="seconds of timing per model")
+    p.add_argument("--weight-bits", default="8,7", help="quantune weight widths to time (A8 each)")
+    p.add_argument("--procedure", default="base", help="calibration steps, e.g. gptq+biascorr")
     args = p.parse_args(argv)
+    weight_bits = tuple(int(b) for b in args.weight_bits.split(",") if b.strip())
     torch.set_num_threads(args.threads)
     from quantune.kernels import cpu_caps
 
@@ -116,17 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     print(" ".join(f"{k}={v}" for k, v in header.items()))
     rows = []
     for name in args.models:
-        row = bench_model(name, not args.no_eval, args.budget)
+        row = bench_model(name, not args.no_eval, args.budget, weight_bits, args.procedure)
         if row is None:
             continue
         rows.append(row)
         ort = (f"ort_int8 {row['ort_int8_ms']:9.2f} ms x{row['speedup_ort_int8']:.2f}"
                if "ort_int8_ms" in row else f"ort_int8: {row['ort_int8_note']}")
-        print(f"{name:<20} {row['input']:<14} fp32 {row['fp32_ms']:9.2f} ms  int8 {row['int8_ms']:9.2f} ms"
-              f"  x{row['speedup']:.2f}  {ort}  paths={row['integer_paths']}")
-        for key in ("fidelity_integer", "fidelity_simulate"):
-            if key in row:
-                print(f"{'':<20} {key}: {row[key]}")
+        quant = "  ".join(
+            f"w{b}a8 {row['int8_ms' if b == 8 else f'w{b}a8_ms']:9.2f} ms x{row['speedup' if b == 8 else f'speedup_w{b}a8']:.2f}"
+            for b in weight_bits)
+        print(f"{name:<20} {row['input']:<14} fp32 {row['fp32_ms']:9.2f} ms  {quant}  {ort}")
+        for key, value in row.items():
+            if key.startswith(("fidelity_", "integer_paths")):
+                print(f"{'':<20} {key}: {value}")
     if args.json:
         args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=1))
     return 0

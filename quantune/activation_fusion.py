@@ -16,13 +16,16 @@ clamped to its own bounds:
 
 Skipping is therefore exact whatever the graph (clamping twice to the same bounds
 changes nothing); fusing relies on the observed single consumer, which holds for
-models whose data flow does not depend on the input values.
+models whose data flow does not depend on the input values. Under
+``torch.inference_mode`` tensors have no version counter; then only activation
+modules observed to run once per pass skip (see :mod:`quantune.clamp_mark`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -90,8 +93,16 @@ class _ConsumerLog(TorchFunctionMode):
         return out
 
 
-def find_fusable(model: nn.Module, run: Callable[[], Any]) -> dict[str, str]:
-    """Quantized layer name -> epilogue activation, for layers whose output feeds one activation.
+@dataclass(frozen=True)
+class FusionPlan:
+    """What to fuse: layer -> epilogue activation; activation modules run once per pass."""
+
+    layers: dict[str, str]
+    dedicated: frozenset[str]
+
+
+def find_fusable(model: nn.Module, run: Callable[[], Any]) -> FusionPlan:
+    """The layers whose output feeds exactly one activation, and the once-run activation modules.
 
     Args:
         model: the module tree holding :class:`QuantizedLayer` modules.
@@ -110,6 +121,16 @@ def find_fusable(model: nn.Module, run: Callable[[], Any]) -> dict[str, str]:
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in qlayers.items()]
+    activation_calls: dict[str, int] = {}
+
+    def count(name: str) -> Callable[..., None]:
+        def fn(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
+            activation_calls[name] = activation_calls.get(name, 0) + 1
+
+        return fn
+
+    handles += [m.register_forward_pre_hook(count(n)) for n, m in model.named_modules()
+                if isinstance(m, tuple(_SKIPPING)) or isinstance(m, _SkipClamped)]
     log = _ConsumerLog(producers)
     try:
         with torch.no_grad(), log:
@@ -121,7 +142,7 @@ def find_fusable(model: nn.Module, run: Callable[[], Any]) -> dict[str, str]:
     for name, calls in log.calls.items():
         if len(calls) == 1 and calls[0] is not None:
             fused[name] = activation_name(calls[0])
-    return fused
+    return FusionPlan(fused, frozenset(n for n, c in activation_calls.items() if c == 1))
 
 
 class _SkipClamped:
@@ -133,7 +154,7 @@ class _SkipClamped:
         return 0.0, math.inf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if is_clamped(x, self._quantune_bounds()):
+        if is_clamped(x, self._quantune_bounds(), getattr(self, "_quantune_dedicated", False)):
             return x
         return super().forward(x)  # type: ignore[misc]
 
@@ -168,7 +189,7 @@ def make_skipping(module: nn.Module) -> bool:
     return True
 
 
-def apply_fusion(model: nn.Module, fused: dict[str, str]) -> list[str]:
+def apply_fusion(model: nn.Module, plan: FusionPlan) -> list[str]:
     """Set each fused layer's epilogue activation; teach activation modules to skip.
 
     Returns:
@@ -176,13 +197,14 @@ def apply_fusion(model: nn.Module, fused: dict[str, str]) -> list[str]:
     """
     for name, module in model.named_modules():
         if isinstance(module, QuantizedLayer):
-            module.fused_activation = fused.get(name)
+            module.fused_activation = plan.layers.get(name)
     skipping = []
-    if fused:
+    if plan.layers:
         for name, module in model.named_modules():
             if make_skipping(module):
+                module._quantune_dedicated = name in plan.dedicated
                 skipping.append(name)
     return skipping
 
 
-__all__ = ["activation_name", "apply_fusion", "find_fusable", "make_skipping"]
+__all__ = ["FusionPlan", "activation_name", "apply_fusion", "find_fusable", "make_skipping"]

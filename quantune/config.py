@@ -175,6 +175,32 @@ class CalibrationProcedure:
         if not 0.0 < float(self.gptq_damp) <= 1.0:
             raise UserInputError(f"gptq_damp must be in (0, 1], got {self.gptq_damp!r}.")
 
+    #: Step names of :meth:`from_steps`, in the order the pipeline runs them.
+    STEPS = ("gptq", "adaquant", "bn", "biascorr")
+
+    @classmethod
+    def from_steps(cls, steps: str, **options: Any) -> CalibrationProcedure:
+        """A procedure from ``"base"`` or step names joined by ``+`` (``"gptq+biascorr"``).
+
+        Steps: ``gptq``, ``adaquant``, ``bn`` (BatchNorm re-estimation), ``biascorr``;
+        they run in the pipeline's order whatever the order written. ``options`` set
+        other fields (``adaquant_iters=100``).
+        """
+        names = set() if steps.strip() in ("", "base") else {s.strip() for s in steps.split("+")}
+        unknown = names - set(cls.STEPS)
+        if unknown:
+            raise UserInputError(f"Unknown calibration step(s) {sorted(unknown)} in {steps!r}; "
+                                 f"use 'base' or {'+'.join(cls.STEPS)} (any subset).")
+        return cls(gptq="gptq" in names, adaquant="adaquant" in names, bn_reestimate="bn" in names,
+                   bias_correction="biascorr" in names, **options)
+
+    @property
+    def steps(self) -> str:
+        """Inverse of :meth:`from_steps`: ``"base"`` or the steps joined by ``+``."""
+        on = {"gptq": self.gptq, "adaquant": self.adaquant, "bn": self.bn_reestimate,
+              "biascorr": self.bias_correction}
+        return "+".join(s for s in self.STEPS if on[s]) or "base"
+
 
 @dataclass(frozen=True)
 class QuantConfig:

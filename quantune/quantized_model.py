@@ -59,11 +59,11 @@ class QuantizedModel(nn.Module):
 
         self.set_mode("float")  # observe the data flow without timing or compiling kernels
         try:
-            fused = find_fusable(self.model, lambda: self.model(*args, **kwargs))
+            plan = find_fusable(self.model, lambda: self.model(*args, **kwargs))
         finally:
             self.set_mode("integer")
-        apply_fusion(self.model, fused)
-        self.fused_activations = fused
+        apply_fusion(self.model, plan)
+        self.fused_activations = plan.layers
 
     def quantized_layers(self) -> dict[str, QuantizedLayer]:
         """Name -> quantized layer, for every layer that is quantized."""

@@ -109,3 +109,17 @@ def test_fused_model_copies_and_pickles() -> None:
     for clone in (copy.deepcopy(fused), pickle.loads(pickle.dumps(fused))):
         with torch.no_grad():
             assert torch.allclose(clone(x), after, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", [Chain(), SharedActivation()])
+def test_inference_mode_skips_only_dedicated_activations(model) -> None:
+    batches = _batches((4, 3, 10, 10))
+    fused = quantize(model.eval(), QuantConfig(), batches, mode="integer")
+    plain = quantize(model.eval(), QuantConfig(), batches, mode="integer")
+    plain.fuse_activations = False
+    with torch.inference_mode():
+        fused(batches[0])
+        got, want = fused(batches[1]), plain(batches[1])
+    assert torch.allclose(got, want, atol=1e-5)
+    dedicated = {n for n, m in fused.model.named_modules() if getattr(m, "_quantune_dedicated", False)}
+    assert dedicated == ({"a1", "a2", "a3"} if isinstance(model, Chain) else set())
