@@ -113,9 +113,10 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
         measure(8, 8, best, pct, procedure(key, ada), lab(key))
     if name not in args.low_bit_models.split(","):
         return
-    for a_bits in [int(b) for b in args.low_act_bits.split(",")]:
-        for key in args.low_bit_procs.split(","):
-            measure(4, a_bits, best, pct, procedure(key, ada), lab(key))
+    for w_bits in [int(b) for b in args.low_weight_bits.split(",")]:
+        for a_bits in [int(b) for b in args.low_act_bits.split(",")]:
+            for key in args.low_bit_procs.split(","):
+                measure(w_bits, a_bits, best, pct, procedure(key, ada), lab(key))
 
 
 class Repeated:
@@ -178,6 +179,7 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(m for m, _ in W8_METHODS), help="W8A8 range methods")
     ap.add_argument("--low-bit-models", default="example,efficientnet-lite0,minilm-l6",
                     help="models that also get the W4A8 / W4A4 rows")
+    ap.add_argument("--low-weight-bits", default="4", help="weight bits of the low-bit rows (e.g. 7,4)")
     ap.add_argument("--low-act-bits", default="8,4", help="activation bits of the W4 rows")
     ap.add_argument("--low-bit-procs", default=",".join(LOW_BIT_PROCS),
                     help=f"W4 rows to run, of {','.join(LOW_BIT_PROCS)}")

@@ -24,9 +24,11 @@ if TYPE_CHECKING:
     from quantune.tune_bits import BitPolicy
 
 # Dimension -> (values searched by default, value used when the dimension is fixed).
-# Activation methods are "name" or "percentile:<p>".
+# Activation methods are "name" or "percentile:<p>". 7-bit weights are stored as int8
+# like 8-bit ones but run one GEMM instead of two on x86 CPUs without VNNI (the
+# "reduce range" format; see quantune/kernels/onednn_pack.py).
 DEFAULT_DIMENSIONS: dict[str, tuple[Any, ...]] = {
-    "w_bits": (8, 6, 4),
+    "w_bits": (8, 7, 6, 4),
     "a_bits": (8,),
     "w_granularity": ("per_channel", "per_tensor"),
     "w_method": ("minmax", "mse"),
