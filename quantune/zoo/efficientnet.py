@@ -37,22 +37,28 @@ def weights_path() -> str:
 
 
 def _plain_same_padding(model: nn.Module) -> nn.Module:
-    """Replace TF-style "same" convolutions by ``ZeroPad2d`` + a plain ``nn.Conv2d``.
+    """Replace TF-style "same" convolutions by a plain ``nn.Conv2d`` (+ ``ZeroPad2d``).
 
     The package's ``Conv2dStaticSamePadding`` subclasses ``nn.Conv2d`` but pads inside
     its own ``forward``; a tool that swaps convolutions by type (quantune, PT2E
-    quantizers) would silently drop that padding. Two standard modules compute exactly
-    the same function and are understood by every exporter and quantizer.
+    quantizers) would silently drop that padding. Standard modules compute exactly the
+    same function and are understood by every exporter and quantizer: a symmetric
+    "same" padding (every stride-1 conv) becomes the conv's own ``padding``, saving a
+    padded copy of the input; an asymmetric one (stride 2) stays a ``ZeroPad2d`` before
+    the conv.
     """
     for name, child in list(model.named_children()):
         pad = getattr(child, "static_padding", None)
         if isinstance(child, nn.Conv2d) and pad is not None:
+            left, right, top, bottom = pad.padding if isinstance(pad, nn.ZeroPad2d) else (0, 0, 0, 0)
+            symmetric = left == right and top == bottom
             conv = nn.Conv2d(
                 child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
-                padding=0, dilation=child.dilation, groups=child.groups, bias=child.bias is not None,
+                padding=(top, left) if symmetric else 0, dilation=child.dilation, groups=child.groups,
+                bias=child.bias is not None,
             )
             conv.load_state_dict(child.state_dict(), strict=True)
-            plain: nn.Module = nn.Sequential(pad, conv) if isinstance(pad, nn.ZeroPad2d) else conv
+            plain: nn.Module = conv if symmetric else nn.Sequential(pad, conv)
             setattr(model, name, plain)
         else:
             _plain_same_padding(child)
