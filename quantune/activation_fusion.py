@@ -1,4 +1,4 @@
-"""Fuse ReLU / ReLU6 / Hardtanh / clamp that follow a quantized layer into its integer epilogue.
+"""Fuse ReLU / ReLU6 / Hardtanh / clamp into a quantized layer's epilogue; chain integer layers.
 
 quantune never traces the model, so which op consumes a layer's output is observed
 instead: one forward pass runs under a :class:`~torch.overrides.TorchFunctionMode`
@@ -16,7 +16,12 @@ clamped to its own bounds:
 
 Skipping is therefore exact whatever the graph (clamping twice to the same bounds
 changes nothing); fusing relies on the observed single consumer, which holds for
-models whose data flow does not depend on the input values. Under
+models whose data flow does not depend on the input values.
+
+Chains: when the (activated) output of an integer layer is consumed only by another
+integer layer, the producer's epilogue requantizes straight to the consumer's input
+grid, so the consumer receives uint8 codes and skips its quantize pass, and 4x fewer
+bytes cross memory. Codes pass only through activation modules that skip them. Under
 ``torch.inference_mode`` tensors have no version counter; then only activation
 modules observed to run once per pass skip (see :mod:`quantune.clamp_mark`).
 """
@@ -70,13 +75,33 @@ def activation_name(bounds: tuple[float, float]) -> str:
     return f"clamp:{lo}:{hi}"
 
 
-class _ConsumerLog(TorchFunctionMode):
-    """Notes, per quantized-layer output tensor, every tensor-producing call it feeds."""
+@dataclass(frozen=True)
+class _Call:
+    """One tensor-producing call that consumed a tracked tensor."""
 
-    def __init__(self, producers: dict[int, str]) -> None:
+    bounds: tuple[float, float] | None  # a clamp-like activation applied to the tensor
+    layer: str | None  # the quantized layer whose forward made the call
+    activation: str | None  # the activation module whose forward made the call
+
+
+class _ConsumerLog(TorchFunctionMode):
+    """Notes every tensor-producing call fed by a quantized layer's output.
+
+    Tracked tensors are a layer's output (stage ``out``) and, when that output goes
+    through a clamp-like activation, the activation's result (stage ``post``).
+    """
+
+    def __init__(self) -> None:
         super().__init__()
-        self.producers = producers
-        self.calls: dict[str, list[tuple[float, float] | None]] = {}
+        self.producers: dict[int, tuple[str, str]] = {}
+        self.calls: dict[tuple[str, str], list[_Call]] = {}
+        self.layer_stack: list[str] = []
+        self.activation_stack: list[str] = []
+        self._alive: list[torch.Tensor] = []  # ids stay unique while the pass runs
+
+    def produced(self, t: torch.Tensor, layer: str, stage: str) -> None:
+        self.producers[id(t)] = (layer, stage)
+        self._alive.append(t)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
@@ -84,65 +109,101 @@ class _ConsumerLog(TorchFunctionMode):
         if not any(isinstance(t, torch.Tensor) for t in tree_leaves(out)):
             return out  # metadata (size, dim, dtype...) does not consume the values
         for t in tree_leaves((args, kwargs)):
-            name = self.producers.get(id(t)) if isinstance(t, torch.Tensor) else None
-            if name is not None:
-                bounds = _bounds_of_call(func, args, kwargs) if (args and args[0] is t) else None
-                self.calls.setdefault(name, []).append(bounds)
-                if out is t:  # in place (ReLU(inplace=True)): later users consume the activation's output
+            key = self.producers.get(id(t)) if isinstance(t, torch.Tensor) else None
+            if key is None:
+                continue
+            bounds = _bounds_of_call(func, args, kwargs) if (args and args[0] is t) else None
+            call = _Call(bounds, self.layer_stack[-1] if self.layer_stack else None,
+                         self.activation_stack[-1] if self.activation_stack else None)
+            self.calls.setdefault(key, []).append(call)
+            if bounds is not None and key[1] == "out" and isinstance(out, torch.Tensor):
+                if out is t:  # in place (ReLU(inplace=True)): the same object continues
                     del self.producers[id(t)]
+                self.produced(out, key[0], "post")
         return out
 
 
 @dataclass(frozen=True)
 class FusionPlan:
-    """What to fuse: layer -> epilogue activation; activation modules run once per pass."""
+    """What to fuse, decided from one observed forward pass.
+
+    Attributes:
+        layers: layer -> epilogue activation (its output feeds only that activation).
+        dedicated: activation modules that ran once in the pass.
+        chains: layer -> the quantized layer that alone consumes its (activated)
+            output, and whether the link holds under ``torch.inference_mode`` (no
+            activation between, or a dedicated activation module).
+    """
 
     layers: dict[str, str]
     dedicated: frozenset[str]
+    chains: dict[str, tuple[str, bool]]
+
+
+def _is_activation_module(m: nn.Module) -> bool:
+    """Activations that :func:`make_skipping` can teach to skip (exact types only)."""
+    return type(m) in _SKIPPING or isinstance(m, _SkipClamped)
 
 
 def find_fusable(model: nn.Module, run: Callable[[], Any]) -> FusionPlan:
-    """The layers whose output feeds exactly one activation, and the once-run activation modules.
+    """Observe one forward pass (``run``) of ``model`` and plan activation fusion and chains.
 
     Args:
         model: the module tree holding :class:`QuantizedLayer` modules.
         run: runs one forward pass of ``model`` (any execution mode).
     """
-    qlayers = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLayer)}
-    producers: dict[int, str] = {}
-    keep_alive: list[torch.Tensor] = []  # ids stay unique while the pass runs
-
-    def hook(name: str) -> Callable[..., None]:
-        def fn(mod: nn.Module, inputs: tuple[Any, ...], out: Any) -> None:
-            if isinstance(out, torch.Tensor):
-                producers[id(out)] = name
-                keep_alive.append(out)
-
-        return fn
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in qlayers.items()]
+    log = _ConsumerLog()
+    layer_calls: dict[str, int] = {}
     activation_calls: dict[str, int] = {}
 
-    def count(name: str) -> Callable[..., None]:
+    def enter(stack: list[str], counts: dict[str, int], name: str) -> Callable[..., None]:
         def fn(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
-            activation_calls[name] = activation_calls.get(name, 0) + 1
+            stack.append(name)
+            counts[name] = counts.get(name, 0) + 1
 
         return fn
 
-    handles += [m.register_forward_pre_hook(count(n)) for n, m in model.named_modules()
-                if isinstance(m, tuple(_SKIPPING)) or isinstance(m, _SkipClamped)]
-    log = _ConsumerLog(producers)
+    def leave(stack: list[str], name: str | None) -> Callable[..., None]:
+        def fn(mod: nn.Module, inputs: tuple[Any, ...], out: Any) -> None:
+            stack.pop()
+            if name is not None and isinstance(out, torch.Tensor):
+                log.produced(out, name, "out")
+
+        return fn
+
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, QuantizedLayer):
+            handles += [m.register_forward_pre_hook(enter(log.layer_stack, layer_calls, name)),
+                        m.register_forward_hook(leave(log.layer_stack, name))]
+        elif _is_activation_module(m):
+            handles += [m.register_forward_pre_hook(enter(log.activation_stack, activation_calls, name)),
+                        m.register_forward_hook(leave(log.activation_stack, None))]
     try:
         with torch.no_grad(), log:
             run()
     finally:
         for h in handles:
             h.remove()
+    dedicated = frozenset(n for n, c in activation_calls.items() if c == 1)
     fused: dict[str, str] = {}
-    for name, calls in log.calls.items():
-        if len(calls) == 1 and calls[0] is not None:
-            fused[name] = activation_name(calls[0])
-    return FusionPlan(fused, frozenset(n for n, c in activation_calls.items() if c == 1))
+    chains: dict[str, tuple[str, bool]] = {}
+    for name in layer_calls:
+        calls = log.calls.get((name, "out"), [])
+        if layer_calls[name] != 1 or len(calls) != 1:
+            continue
+        call = calls[0]
+        if call.bounds is not None:
+            fused[name] = activation_name(call.bounds)
+            after = log.calls.get((name, "post"), [])
+            # Codes may only travel through an activation module that will skip them.
+            if call.activation is not None and len(after) == 1 and after[0].layer not in (None, name):
+                target = after[0].layer
+                if layer_calls.get(target) == 1:
+                    chains[name] = (target, call.activation in dedicated)
+        elif call.layer not in (None, name) and layer_calls.get(call.layer) == 1:
+            chains[name] = (call.layer, True)
+    return FusionPlan(fused, dedicated, chains)
 
 
 class _SkipClamped:
@@ -156,6 +217,9 @@ class _SkipClamped:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if is_clamped(x, self._quantune_bounds(), getattr(self, "_quantune_dedicated", False)):
             return x
+        if x.dtype == torch.uint8:  # chained activation codes reached a clamp they must skip
+            raise RuntimeError("quantune: integer activation codes reached an activation that does not "
+                               "skip them; disable chaining with qmodel.fuse_activations = False and report this")
         return super().forward(x)  # type: ignore[misc]
 
 
@@ -207,4 +271,31 @@ def apply_fusion(model: nn.Module, plan: FusionPlan) -> list[str]:
     return skipping
 
 
-__all__ = ["FusionPlan", "activation_name", "apply_fusion", "find_fusable", "make_skipping"]
+def apply_chains(model: nn.Module, plan: FusionPlan) -> dict[str, str]:
+    """Let each planned producer hand its consumer 8-bit codes instead of floats.
+
+    A link is made only when both layers run the integer kernel (their path decisions
+    are made) and the consumer's activations are unsigned 8-bit codes (``[0, 255]``),
+    the grid the producer's epilogue requantizes to.
+
+    Returns:
+        producer -> consumer of every link made.
+    """
+    modules = dict(model.named_modules())
+    made: dict[str, str] = {}
+    for module in modules.values():
+        if isinstance(module, QuantizedLayer):
+            module.chain_target = None
+    for producer, (consumer, inference_safe) in plan.chains.items():
+        src, dst = modules.get(producer), modules.get(consumer)
+        if not (isinstance(src, QuantizedLayer) and isinstance(dst, QuantizedLayer)):
+            continue
+        decisions = (src.integer_decision, dst.integer_decision)
+        if any(d is None or d.path != "integer" for d in decisions) or dst.a_qrange != (0, 255):
+            continue
+        src.chain_target = (dst, inference_safe)
+        made[producer] = consumer
+    return made
+
+
+__all__ = ["FusionPlan", "apply_chains", "activation_name", "apply_fusion", "find_fusable", "make_skipping"]

@@ -89,6 +89,9 @@ class QuantizedLayer(nn.Module):
         self.integer_decision: PathDecision | None = None
         #: Activation applied in the integer epilogue (set by activation fusion).
         self.fused_activation: str | None = None
+        #: ``(consumer layer, safe under inference_mode)``: requantize the output to the
+        #: consumer's input grid (set by :func:`quantune.activation_fusion.apply_chains`).
+        self.chain_target: tuple[QuantizedLayer, bool] | None = None
 
     @property
     def backend(self) -> str:
@@ -240,18 +243,37 @@ class QuantizedLayer(nn.Module):
         if self.integer_decision is None:
             self.integer_decision = self._decide(x, qw, out_dtype)
         activation = getattr(self, "fused_activation", None)
-        if self.integer_decision.path == "float":
+        chained_in = x.dtype == torch.uint8  # codes of a chained producer, on this layer's grid
+        if self.integer_decision.path == "float" and not chained_in:
             # Measured faster: the simulated computation in float (same codes, float
             # accumulation), for a layer too small for the integer kernel to pay off.
             y = self._float_op(self.fake_quant_input(x), self._float_weight()).to(out_dtype)
             if activation is not None:
                 y = y.clamp_(*clamp_bounds(activation))  # type: ignore[misc]
         else:
-            qx, zx = self.quantize_input_u8(x)
-            y = self._run_integer(qx, sx, zx, qw, out_dtype, activation)
+            qx, zx = (x, self._act_params()[1]) if chained_in else self.quantize_input_u8(x)
+            target = self._live_chain_target()
+            if target is not None:
+                out_scale, out_zp = target._act_params()
+                y = self._run_integer(qx, sx, zx, qw, torch.uint8, activation, out_scale, out_zp)
+            else:
+                y = self._run_integer(qx, sx, zx, qw, out_dtype, activation)
         if activation is not None:
             mark_clamped(y, clamp_bounds(activation))  # type: ignore[arg-type]
         return y
+
+    def _live_chain_target(self) -> QuantizedLayer | None:
+        """The consumer to hand codes to on this call, if the link holds now."""
+        link = getattr(self, "chain_target", None)
+        if link is None:
+            return None
+        target, inference_safe = link
+        decision = target.integer_decision
+        if target.mode != "integer" or decision is None or decision.path != "integer":
+            return None
+        if torch.is_inference_mode_enabled() and not inference_safe:
+            return None
+        return target
 
     def _decide(self, x: torch.Tensor, qw: QuantizedWeight, out_dtype: torch.dtype) -> PathDecision:
         qx, zx = self.quantize_input_u8(x)
@@ -282,9 +304,11 @@ class QuantizedLayer(nn.Module):
         return decision
 
     def _run_integer(self, qx: torch.Tensor, sx: float, zx: int, qw: QuantizedWeight,
-                     out_dtype: torch.dtype, activation: str | None = None) -> torch.Tensor:
+                     out_dtype: torch.dtype, activation: str | None = None,
+                     out_scale: float | None = None, out_zero_point: int = 0) -> torch.Tensor:
+        out = {"out_scale": out_scale, "out_zero_point": out_zero_point}
         if self.kind == "linear":
-            return kernels.linear(qx, sx, zx, qw, self.bias, activation, out_dtype, self.backend)
+            return kernels.linear(qx, sx, zx, qw, self.bias, activation, out_dtype, self.backend, **out)
         padding = self.padding
         if isinstance(padding, str):
             qx, padding = self._explicit_padding(qx, zx)
@@ -293,9 +317,9 @@ class QuantizedLayer(nn.Module):
             # codes costs a quarter of converting the float input.
             qx = qx.contiguous(memory_format=torch.channels_last)
             return kernels.conv2d(qx, sx, zx, qw, self.bias, self.stride, tuple(padding),
-                                  self.dilation, self.groups, activation, out_dtype, self.backend)
+                                  self.dilation, self.groups, activation, out_dtype, self.backend, **out)
         return kernels.conv1d(qx, sx, zx, qw, self.bias, self.stride[0], padding[0],
-                              self.dilation[0], self.groups, activation, out_dtype, self.backend)
+                              self.dilation[0], self.groups, activation, out_dtype, self.backend, **out)
 
     def _explicit_padding(self, qx: torch.Tensor, zx: int) -> tuple[torch.Tensor, tuple[int, ...]]:
         # padding="valid" / "same": pad with the zero point's code (float 0.0) up front.

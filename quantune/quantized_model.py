@@ -42,19 +42,29 @@ class QuantizedModel(nn.Module):
         self.bn_pairs = bn_pairs
         self.unsupported = unsupported
         self.float_size_bytes = float_size_bytes
-        #: Integer mode fuses ReLU / ReLU6 / clamp into the layer before (see
-        #: :mod:`quantune.activation_fusion`); decided on the first integer forward.
+        #: Integer mode fuses ReLU / ReLU6 / clamp into the layer before and chains
+        #: integer layers (codes handed on, no quantize pass; see
+        #: :mod:`quantune.activation_fusion`); planned on the first integer forward.
         self.fuse_activations = True
         self.fused_activations: dict[str, str] | None = None
+        self.chains: dict[str, str] = {}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        plan = None
         if (getattr(self, "fuse_activations", False) and getattr(self, "fused_activations", None) is None
                 and self.mode == "integer"):
-            self._fuse(args, kwargs)
-        return self.model(*args, **kwargs)
+            plan = self._fuse(args, kwargs)
+        out = self.model(*args, **kwargs)
+        if plan is not None:
+            from quantune.activation_fusion import apply_chains
 
-    def _fuse(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Find the activations to fuse on this input (one float pass) and fuse them."""
+            # After one integer pass every layer has decided its path: link the pairs
+            # that both run the integer kernel.
+            self.chains = apply_chains(self.model, plan)
+        return out
+
+    def _fuse(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Plan fusion and chains on this input (one float pass) and fuse the activations."""
         from quantune.activation_fusion import apply_fusion, find_fusable
 
         self.set_mode("float")  # observe the data flow without timing or compiling kernels
@@ -64,6 +74,7 @@ class QuantizedModel(nn.Module):
             self.set_mode("integer")
         apply_fusion(self.model, plan)
         self.fused_activations = plan.layers
+        return plan
 
     def quantized_layers(self) -> dict[str, QuantizedLayer]:
         """Name -> quantized layer, for every layer that is quantized."""
@@ -92,6 +103,8 @@ class QuantizedModel(nn.Module):
         """Pin the integer kernel backend (``auto`` picks the fastest)."""
         for m in self.quantized_layers().values():
             m.backend = backend
+            m.chain_target = None
+        self.fused_activations = None  # re-planned (chains included) on the next integer forward
         return self
 
     def size_bytes(self) -> int:

@@ -123,3 +123,65 @@ def test_inference_mode_skips_only_dedicated_activations(model) -> None:
     assert torch.allclose(got, want, atol=1e-5)
     dedicated = {n for n, m in fused.model.named_modules() if getattr(m, "_quantune_dedicated", False)}
     assert dedicated == ({"a1", "a2", "a3"} if isinstance(model, Chain) else set())
+
+
+class SharedChain(nn.Module):
+    """Three convs joined through one shared ReLU6 module (called twice per pass)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+        self.act = nn.ReLU6()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c3(self.act(self.c2(self.act(self.c1(x)))))
+
+
+def _w7(model: nn.Module, chained: bool):
+    from quantune.config import ActQuant, LayerQuantConfig, WeightQuant
+
+    # 7-bit weights take the integer kernel on every CPU (no split decision to time).
+    config = QuantConfig(LayerQuantConfig(WeightQuant(bits=7), ActQuant()))
+    q = quantize(model.eval(), config, _batches((4, 3, 10, 10)), mode="integer")
+    q.fuse_activations = chained
+    return q
+
+
+@pytest.mark.parametrize(
+    ("model", "links"),
+    [(Chain(), {"c1": "c2", "c2": "c3"}), (Residual(), {}), (SharedChain(), {"c1": "c2", "c2": "c3"})],
+)
+def test_chained_layers_hand_on_codes_with_the_unchained_result(model, links) -> None:
+    chained, plain = _w7(model, True), _w7(model, False)
+    x = _batches((4, 3, 10, 10))[1]
+    with torch.no_grad():
+        chained(x)
+        got, want = chained(x), plain(x)
+        assert chained.chains == links
+        seen = {}
+        hooks = [m.register_forward_pre_hook(lambda mod, inp, n=n: seen.__setitem__(n, inp[0].dtype))
+                 for n, m in chained.quantized_layers().items()]
+        chained(x)
+        for h in hooks:
+            h.remove()
+    assert {n for n, d in seen.items() if d == torch.uint8} == set(links.values())
+    # Codes are requantized once in the producer's epilogue instead of by the consumer:
+    # the same grid, so at most one code apart (a rounding tie) and usually identical.
+    assert torch.allclose(got, want, atol=1e-3, rtol=1e-3)
+
+
+def test_inference_mode_keeps_only_safe_links() -> None:
+    model = SharedChain()
+    chained, plain = _w7(model, True), _w7(model, False)
+    x = _batches((4, 3, 10, 10))[1]
+    with torch.no_grad():
+        chained(x)  # plan: both links pass through the shared (non-dedicated) activation
+    seen = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, inp, n=n: seen.__setitem__(n, inp[0].dtype))
+             for n, m in chained.quantized_layers().items()]
+    with torch.inference_mode():
+        got, want = chained(x), plain(x)
+    for h in hooks:
+        h.remove()
+    assert set(seen.values()) == {torch.float32}  # no codes without a version counter to guard the skip
+    assert torch.allclose(got, want, atol=1e-3, rtol=1e-3)
