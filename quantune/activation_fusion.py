@@ -18,10 +18,11 @@ Skipping is therefore exact whatever the graph (clamping twice to the same bound
 changes nothing); fusing relies on the observed single consumer, which holds for
 models whose data flow does not depend on the input values.
 
-Chains: when the (activated) output of an integer layer is consumed only by another
-integer layer, the producer's epilogue requantizes straight to the consumer's input
+Chains: when the (activated, possibly zero-padded) output of an integer layer is
+consumed only by another integer layer, the producer's epilogue requantizes straight to the consumer's input
 grid, so the consumer receives uint8 codes and skips its quantize pass, and 4x fewer
-bytes cross memory. Codes pass only through activation modules that skip them. Under
+bytes cross memory. Codes pass only through activation modules that skip them and
+``ZeroPad2d`` modules that pad them with their zero point. Under
 ``torch.inference_mode`` tensors have no version counter; then only activation
 modules observed to run once per pass skip (see :mod:`quantune.clamp_mark`).
 """
@@ -39,7 +40,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from quantune.clamp_mark import is_clamped
+from quantune.clamp_mark import code_zero_point, is_clamped, mark_codes
 from quantune.modules import QuantizedLayer
 
 
@@ -82,13 +83,15 @@ class _Call:
     bounds: tuple[float, float] | None  # a clamp-like activation applied to the tensor
     layer: str | None  # the quantized layer whose forward made the call
     activation: str | None  # the activation module whose forward made the call
+    pad: str | None = None  # the ZeroPad2d module whose forward padded the tensor
 
 
 class _ConsumerLog(TorchFunctionMode):
     """Notes every tensor-producing call fed by a quantized layer's output.
 
-    Tracked tensors are a layer's output (stage ``out``) and, when that output goes
-    through a clamp-like activation, the activation's result (stage ``post``).
+    Tracked tensors are a layer's output (stage ``out``), the result of a clamp-like
+    activation applied to it (stage ``post``) and of a ``ZeroPad2d`` after either
+    (stage ``padded``).
     """
 
     def __init__(self) -> None:
@@ -97,6 +100,7 @@ class _ConsumerLog(TorchFunctionMode):
         self.calls: dict[tuple[str, str], list[_Call]] = {}
         self.layer_stack: list[str] = []
         self.activation_stack: list[str] = []
+        self.pad_stack: list[str] = []
         self._alive: list[torch.Tensor] = []  # ids stay unique while the pass runs
 
     def produced(self, t: torch.Tensor, layer: str, stage: str) -> None:
@@ -112,14 +116,20 @@ class _ConsumerLog(TorchFunctionMode):
             key = self.producers.get(id(t)) if isinstance(t, torch.Tensor) else None
             if key is None:
                 continue
-            bounds = _bounds_of_call(func, args, kwargs) if (args and args[0] is t) else None
+            first = bool(args) and args[0] is t
+            bounds = _bounds_of_call(func, args, kwargs) if first else None
+            pad = self.pad_stack[-1] if self.pad_stack and first and func is F.pad else None
             call = _Call(bounds, self.layer_stack[-1] if self.layer_stack else None,
-                         self.activation_stack[-1] if self.activation_stack else None)
+                         self.activation_stack[-1] if self.activation_stack else None, pad)
             self.calls.setdefault(key, []).append(call)
-            if bounds is not None and key[1] == "out" and isinstance(out, torch.Tensor):
+            if not isinstance(out, torch.Tensor):
+                continue
+            if bounds is not None and key[1] == "out":
                 if out is t:  # in place (ReLU(inplace=True)): the same object continues
                     del self.producers[id(t)]
                 self.produced(out, key[0], "post")
+            elif pad is not None and key[1] in ("out", "post"):
+                self.produced(out, key[0], "padded")
         return out
 
 
@@ -179,6 +189,9 @@ def find_fusable(model: nn.Module, run: Callable[[], Any]) -> FusionPlan:
         elif _is_activation_module(m):
             handles += [m.register_forward_pre_hook(enter(log.activation_stack, activation_calls, name)),
                         m.register_forward_hook(leave(log.activation_stack, None))]
+        elif type(m) in (nn.ZeroPad2d, CodePaddingZeroPad2d):
+            handles += [m.register_forward_pre_hook(enter(log.pad_stack, {}, name)),
+                        m.register_forward_hook(leave(log.pad_stack, None))]
     try:
         with torch.no_grad(), log:
             run()
@@ -192,17 +205,23 @@ def find_fusable(model: nn.Module, run: Callable[[], Any]) -> FusionPlan:
         calls = log.calls.get((name, "out"), [])
         if layer_calls[name] != 1 or len(calls) != 1:
             continue
-        call = calls[0]
+        call, inference_safe = calls[0], True
         if call.bounds is not None:
             fused[name] = activation_name(call.bounds)
-            after = log.calls.get((name, "post"), [])
-            # Codes may only travel through an activation module that will skip them.
-            if call.activation is not None and len(after) == 1 and after[0].layer not in (None, name):
-                target = after[0].layer
-                if layer_calls.get(target) == 1:
-                    chains[name] = (target, call.activation in dedicated)
-        elif call.layer not in (None, name) and layer_calls.get(call.layer) == 1:
-            chains[name] = (call.layer, True)
+            if call.activation is None:  # a functional clamp cannot skip codes: no chain
+                continue
+            inference_safe = call.activation in dedicated
+            calls = log.calls.get((name, "post"), [])
+            if len(calls) != 1:
+                continue
+            call = calls[0]
+        if call.pad is not None:  # codes are padded with their zero point on the way
+            calls = log.calls.get((name, "padded"), [])
+            if len(calls) != 1:
+                continue
+            call = calls[0]
+        if call.layer not in (None, name) and layer_calls.get(call.layer) == 1:
+            chains[name] = (call.layer, inference_safe)
     return FusionPlan(fused, dedicated, chains)
 
 
@@ -238,6 +257,17 @@ class SkippingHardtanh(_SkipClamped, nn.Hardtanh):
 _SKIPPING: dict[type, type] = {nn.ReLU: SkippingReLU, nn.ReLU6: SkippingReLU6, nn.Hardtanh: SkippingHardtanh}
 
 
+class CodePaddingZeroPad2d(nn.ZeroPad2d):
+    """``nn.ZeroPad2d`` that pads chained uint8 activation codes with their zero point
+    (the code of real 0.0); floats are padded with 0 as before."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        zero_point = code_zero_point(x)
+        if zero_point is None:
+            return super().forward(x)
+        return mark_codes(F.pad(x, self.padding, "constant", zero_point), zero_point)
+
+
 def make_skipping(module: nn.Module) -> bool:
     """Let a ReLU / ReLU6 / Hardtanh module skip already-clamped inputs (state unchanged).
 
@@ -263,11 +293,13 @@ def apply_fusion(model: nn.Module, plan: FusionPlan) -> list[str]:
         if isinstance(module, QuantizedLayer):
             module.fused_activation = plan.layers.get(name)
     skipping = []
-    if plan.layers:
+    if plan.layers or plan.chains:
         for name, module in model.named_modules():
             if make_skipping(module):
                 module._quantune_dedicated = name in plan.dedicated
                 skipping.append(name)
+            elif type(module) is nn.ZeroPad2d and plan.chains:
+                module.__class__ = CodePaddingZeroPad2d
     return skipping
 
 

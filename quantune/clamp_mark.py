@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 _MARK = "_quantune_clamped"
+_CODES = "_quantune_zero_point"
 
 
 def mark_clamped(y: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
@@ -30,3 +31,15 @@ def is_clamped(x: torch.Tensor, bounds: tuple[float, float], dedicated: bool = F
     if mark is None or mark[:2] != (bounds[0], bounds[1]):
         return False
     return dedicated if mark[2] is None else mark[2] == x._version
+
+
+def mark_codes(q: torch.Tensor, zero_point: int) -> torch.Tensor:
+    """Record that uint8 ``q`` holds activation codes whose real zero is ``zero_point``
+    (a chained layer's output: padding it must insert this code, not 0)."""
+    setattr(q, _CODES, int(zero_point))
+    return q
+
+
+def code_zero_point(x: torch.Tensor) -> int | None:
+    """The zero point of chained activation codes, None for anything else."""
+    return getattr(x, _CODES, None) if x.dtype == torch.uint8 else None

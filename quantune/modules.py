@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantune import kernels
-from quantune.clamp_mark import mark_clamped
+from quantune.clamp_mark import mark_clamped, mark_codes
 from quantune.config import ActQuant, LayerQuantConfig, WeightQuant
 from quantune.errors import UserInputError
 from quantune.kernels.decide import DECISION_CACHE, PathDecision, measure_paths
@@ -255,7 +255,8 @@ class QuantizedLayer(nn.Module):
             target = self._live_chain_target()
             if target is not None:
                 out_scale, out_zp = target._act_params()
-                y = self._run_integer(qx, sx, zx, qw, torch.uint8, activation, out_scale, out_zp)
+                y = mark_codes(self._run_integer(qx, sx, zx, qw, torch.uint8, activation, out_scale, out_zp),
+                               out_zp)
             else:
                 y = self._run_integer(qx, sx, zx, qw, out_dtype, activation)
         if activation is not None:

@@ -185,3 +185,27 @@ def test_inference_mode_keeps_only_safe_links() -> None:
         h.remove()
     assert set(seen.values()) == {torch.float32}  # no codes without a version counter to guard the skip
     assert torch.allclose(got, want, atol=1e-3, rtol=1e-3)
+
+
+class PaddedChain(nn.Module):
+    """TF-style "same" stride-2 conv: conv -> Hardtanh(-1, 2) -> ZeroPad2d((0, 1, 0, 1)) -> conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.act = nn.Conv2d(3, 8, 3, padding=1), nn.Hardtanh(-1.0, 2.0)
+        self.pad, self.c2 = nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(8, 4, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c2(self.pad(self.act(self.c1(x))))
+
+
+def test_codes_are_padded_with_their_zero_point() -> None:
+    model = PaddedChain()
+    chained, plain = _w7(model, True), _w7(model, False)
+    x = _batches((4, 3, 10, 10))[1]
+    with torch.no_grad():
+        chained(x)
+        got, want = chained(x), plain(x)
+    assert chained.chains == {"c1": "c2"}
+    assert chained.quantized_layers()["c2"].a_zero_point != 0  # a zero-padded code would be wrong
+    assert torch.allclose(got, want, atol=1e-3, rtol=1e-3)
