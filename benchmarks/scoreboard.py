@@ -56,7 +56,9 @@ METHOD_NOTES = (
     "`Int8DynamicActivationInt8WeightConfig` in eager mode (its CPU `_int_mm` path is slow).",
     "quantune-w8a8: `quantune.quantize` defaults (per-channel symmetric int8 weights, per-tensor "
     "asymmetric uint8 activations, MinMax), simulated (fake-quant); quantune-w8a8-int: the same "
-    "model on quantune's integer GEMM core as committed at the time of the run.",
+    "model on quantune's integer GEMM core as committed at the time of the run. "
+    "quantune-w8a8-gptq-bc-int / quantune-w7a8-gptq-bc-int: GPTQ weight rounding + bias correction "
+    "(one sequential pass), 8-bit / 7-bit weights (7-bit runs one GEMM on CPUs without VNNI), integer.",
     "A row whose first evaluation batch projects past the per-method budget keeps its latency "
     "and size but no metric (the note says so).",
 )
@@ -81,6 +83,8 @@ def methods(entry: zoo.ZooEntry, workdir: Path) -> dict[str, Factory]:
     table["quantune-w8a8"] = lambda: q.build("quantune-w8a8", "simulate")
     table["quantune-w8a8-entropy"] = lambda: q.build("quantune-w8a8-entropy", "simulate")
     table["quantune-w8a8-int"] = lambda: q.build("quantune-w8a8", "integer")
+    table["quantune-w8a8-gptq-bc-int"] = lambda: q.build("quantune-w8a8-gptq-bc", "integer")
+    table["quantune-w7a8-gptq-bc-int"] = lambda: q.build("quantune-w7a8-gptq-bc", "integer")
     return table
 
 

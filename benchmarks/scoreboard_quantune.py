@@ -13,13 +13,24 @@ from typing import Any
 from scoreboard_common import Prepared, timed
 
 import quantune
-from quantune.config import ActQuant, LayerQuantConfig, QuantConfig, WeightQuant
+from quantune.config import (
+    ActQuant,
+    CalibrationProcedure,
+    LayerQuantConfig,
+    QuantConfig,
+    WeightQuant,
+)
 from quantune.zoo import ZooEntry
 
 W8 = WeightQuant(bits=8, symmetric=True, granularity="per_channel", method="minmax")
+W7 = WeightQuant(bits=7, symmetric=True, granularity="per_channel", method="minmax")
+GPTQ_BC = CalibrationProcedure.from_steps("gptq+biascorr")
 CONFIGS: dict[str, QuantConfig] = {
     "quantune-w8a8": QuantConfig(default=LayerQuantConfig(W8, ActQuant(bits=8, method="minmax"))),
     "quantune-w8a8-entropy": QuantConfig(default=LayerQuantConfig(W8, ActQuant(bits=8, method="entropy"))),
+    # GPTQ rounding + bias correction; 7-bit weights: one GEMM on CPUs without VNNI.
+    "quantune-w8a8-gptq-bc": QuantConfig(default=LayerQuantConfig(W8, ActQuant(bits=8)), procedure=GPTQ_BC),
+    "quantune-w7a8-gptq-bc": QuantConfig(default=LayerQuantConfig(W7, ActQuant(bits=8)), procedure=GPTQ_BC),
 }
 
 
