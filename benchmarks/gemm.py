@@ -12,9 +12,10 @@ shared machine even when absolute times drift.
 
 CPU methods: ``fp32`` (torch.matmul), ``int_mm_unfused`` (torch._int_mm s8 x s8 then
 an eager dequantize + bias), ``quantune_int8_bare`` (unit scales, no bias: the bare
-GEMM of our backend, to price the epilogue), ``quantune_int8`` / ``quantune_int4``
-(per-channel dequantize + bias, fp32 out; weights are a Gaussian quantized per channel,
-so int8 codes span [-127, 127]), and the ONNX Runtime peers ``ort_matmulinteger``
+GEMM of our backend, to price the epilogue), ``quantune_int8`` / ``quantune_int7`` /
+``quantune_int4`` (per-channel dequantize + bias, fp32 out; weights are a Gaussian
+quantized per channel, so int8 codes span [-127, 127]; int7 codes [-63, 63], stored as
+int8: the "reduce range" format that CPUs without VNNI run in one GEMM instead of two), and the ONNX Runtime peers ``ort_matmulinteger``
 (int32 out, no epilogue) and ``ort_qlinearmatmul`` (requantized uint8 out).
 """
 
@@ -91,7 +92,7 @@ def cpu_methods(m: int, k: int, n: int) -> dict:
     bias = torch.randn(n, generator=g)
     qx = torch.randint(0, 256, (m, k), generator=g, dtype=torch.int16).to(torch.uint8)
     qx_s8 = torch.bitwise_xor(qx, 128).view(torch.int8)
-    w8, w4 = quantize_weight(w, 8), quantize_weight(w, 4)
+    w8, w7, w4 = quantize_weight(w, 8), quantize_weight(w, 7), quantize_weight(w, 4)
     w_bare = QuantizedWeight(w8.codes, 8, torch.ones(n), w8.zero_point)
     mult = w8.scale * 0.02
     w_t = w8.codes.t()
@@ -100,6 +101,7 @@ def cpu_methods(m: int, k: int, n: int) -> dict:
         "int_mm_unfused": lambda: torch.addcmul(bias, torch._int_mm(qx_s8, w_t).float(), mult),
         "quantune_int8_bare": lambda: kernels.linear(qx, 1.0, 128, w_bare),
         "quantune_int8": lambda: kernels.linear(qx, 0.02, 128, w8, bias),
+        "quantune_int7": lambda: kernels.linear(qx, 0.02, 128, w7, bias),
         "quantune_int4": lambda: kernels.linear(qx, 0.02, 128, w4, bias),
         **ort_methods(qx, w8, 128),
     }
