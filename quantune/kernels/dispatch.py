@@ -72,9 +72,10 @@ def _load_builtin_backends() -> None:
     if _LOADED:
         return
     _LOADED = True
-    from quantune.kernels import cpu_backend
+    from quantune.kernels import cpu_backend, fbgemm_backend
 
     cpu_backend.register()
+    fbgemm_backend.register()
     if torch.cuda.is_available():
         from quantune.kernels import cuda_backend
 
