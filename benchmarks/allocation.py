@@ -66,11 +66,13 @@ def base_config(weight_method: str, procedure: str) -> QuantConfig:
 
 
 def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tuple[float, ...],
-              base: QuantConfig | None = None, policies: tuple[str, ...] = POLICIES) -> list[dict[str, Any]]:
+              base: QuantConfig | None = None, policies: tuple[str, ...] = POLICIES,
+              weight_bits: tuple[int, ...] = (2, 3, 4, 6, 8)) -> list[dict[str, Any]]:
     """Every (policy, budget) row of one model; ``base`` sets range methods and procedure."""
     t0 = time.perf_counter()
     prepared = prepare(entry.model, entry.calib_batches)
-    options = AllocationOptions(act_bits=(8,), proxy=proxy, max_samples=max_samples, show_progress=True)
+    options = AllocationOptions(weight_bits=weight_bits, act_bits=(8,), proxy=proxy, max_samples=max_samples,
+                                show_progress=True)
     metric_name = entry.primary_metric
     float_metric = entry.evaluate(entry.model)[metric_name]
     rows: list[dict[str, Any]] = []
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proxy", default=None, help="override the per-model sensitivity proxy")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
     parser.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS), help="average weight bits")
+    parser.add_argument("--weight-bits", default="2,3,4,6,8", help="candidate weight widths of the allocator")
     parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated policies")
     parser.add_argument("--weight-method", default="minmax", choices=("minmax", "mse"),
                         help="weight range method of every layer (the allocation sets the widths)")
@@ -182,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         if entry is None:
             continue
         proxy = args.proxy or DEFAULT_PROXY.get(name, "hessian")
-        rows += run_model(name, entry, proxy, max_samples, budgets, base, policies)
+        rows += run_model(name, entry, proxy, max_samples, budgets, base, policies,
+                          tuple(int(b) for b in args.weight_bits.split(",") if b.strip()))
         write(args.json, rows, args.quick)  # after each model: a later crash keeps these rows
     verdicts = write(args.json, rows, args.quick)
     print("\n".join(verdicts))
