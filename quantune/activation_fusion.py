@@ -16,15 +16,15 @@ clamped to its own bounds:
 
 Skipping is therefore exact whatever the graph (clamping twice to the same bounds
 changes nothing); fusing relies on the observed single consumer, which holds for
-models whose data flow does not depend on the input values.
-
-Chains: when the (activated, possibly zero-padded) output of an integer layer is
-consumed only by another integer layer, the producer's epilogue requantizes straight to the consumer's input
-grid, so the consumer receives uint8 codes and skips its quantize pass, and 4x fewer
-bytes cross memory. Codes pass only through activation modules that skip them and
-``ZeroPad2d`` modules that pad them with their zero point. Under
+models whose data flow does not depend on the input values. Under
 ``torch.inference_mode`` tensors have no version counter; then only activation
 modules observed to run once per pass skip (see :mod:`quantune.clamp_mark`).
+
+Chains: when the (activated, possibly zero-padded) output of an integer layer is
+consumed only by another integer layer, the producer's epilogue requantizes straight
+to the consumer's input grid, so the consumer receives uint8 codes and skips its
+quantize pass, and 4x fewer bytes cross memory. Codes pass only through activation
+modules that skip them and ``ZeroPad2d`` modules that pad them with their zero point.
 """
 
 from __future__ import annotations
