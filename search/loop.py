@@ -47,6 +47,11 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
+#: Longest wait for an earlier worker's trial to record its configuration (a sampler
+#: fit takes well under this; a worker that died before recording is failed by its
+#: heartbeat, or waited out here when the storage has none).
+UNRECORDED_WAIT_S = 60.0
+
 Objective = Callable[..., "float | Sequence[float]"]
 """``objective(config)`` or ``objective(config, handle: TrialHandle)`` -> value(s)."""
 
@@ -145,27 +150,36 @@ class SearchLoop:
         self.results[key] = values
         return values if self.multi else values[0]
 
-    def _wait_for_twin(self, number: int, key: str, poll_s: float = 0.2) -> None:
+    def _wait_for_twin(self, number: int, key: str, poll_s: float = 0.2,
+                       unrecorded_wait_s: float = UNRECORDED_WAIT_S) -> None:
         """Wait while an earlier RUNNING trial (another worker) evaluates ``key``.
 
         Samplers skip configurations that RUNNING trials hold, but two workers asking
         at the same instant can still draw the same one. Both record it before this
         check, so the later trial sees the earlier one and waits for its result instead
-        of evaluating twice; the earlier one never waits, so there is no deadlock. If
-        the other worker dies, its heartbeat stops and this loop fails its trial (Optuna
-        only does so when a trial starts, and every live worker may be waiting here),
-        then this one evaluates.
+        of evaluating twice; the earlier one never waits, so there is no deadlock.
+        An earlier trial is created before its worker has drawn and recorded its
+        configuration, so a later trial also waits (at most ``unrecorded_wait_s``)
+        until every earlier RUNNING trial has recorded one: otherwise both can pass
+        this check before either key is visible, and both evaluate. If the other worker
+        dies, its heartbeat stops and this loop fails its trial (Optuna only does so
+        when a trial starts, and every live worker may be waiting here), then this one
+        evaluates.
         """
         from optuna.storages._heartbeat import is_heartbeat_enabled
 
         heartbeat = is_heartbeat_enabled(self.study._storage)  # noqa: SLF001
+        unrecorded_deadline = time.monotonic() + unrecorded_wait_s
         while True:
             if heartbeat:
                 with warnings.catch_warnings():  # "experimental" since Optuna 2.9
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     optuna.storages.fail_stale_trials(self.study)
             running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if not any(t.number < number and trial_key(self.space, t) == key for t in running):
+            earlier = [trial_key(self.space, t) for t in running if t.number < number]
+            twin = key in earlier
+            unrecorded = None in earlier and time.monotonic() < unrecorded_deadline
+            if not twin and not unrecorded:
                 return
             time.sleep(poll_s)
 
