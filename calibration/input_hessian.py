@@ -64,6 +64,7 @@ class InputMoments:
     def update(self, x_q: torch.Tensor, x_f: torch.Tensor | None = None) -> None:
         """Add one batch of layer inputs; ``x_f`` is the float model's input of the same batch."""
         x_q = x_q.detach().float()
+        x_f = x_f.detach().float() if x_f is not None else None
         taps = int(self.layer.weight[0, 0].numel())  # kernel positions (1 for Linear)
         step = max(1, _CHUNK_VALUES // max(1, x_q[0].numel() * taps))
         for start in range(0, x_q.shape[0], step):
@@ -71,7 +72,7 @@ class InputMoments:
             self.qq += torch.bmm(q, q.transpose(1, 2)).double()
             self.sum_q += q.sum(-1).double()
             if x_f is not None:
-                f = self.patches(x_f.detach().float()[start:start + step])
+                f = self.patches(x_f[start:start + step])
                 fq = torch.bmm(f, q.transpose(1, 2)).double()
                 ff = torch.bmm(f, f.transpose(1, 2)).double()
                 self.fq = fq if self.fq is None else self.fq + fq

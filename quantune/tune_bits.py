@@ -96,9 +96,9 @@ class BitPolicy:
 
         if policy not in BIT_POLICIES:
             raise UserInputError(f"Unknown bit policy {policy!r}; use one of {BIT_POLICIES}.")
-        table = self.table(a_bits)
-        rows = [(info.name, info.weight_elements, info.macs) for info in self.prepared.layers]
-        specs = table.layer_specs(rows, keep_float=list(keep_float))
+        from quantune.search.bits_api import layer_rows
+
+        specs = self.table(a_bits).layer_specs(layer_rows(self.prepared), keep_float=list(keep_float))
         return allocate_bits(specs, self.budget, pins=pins, keep_float=keep_float, policy=policy)
 
     def apply(

@@ -126,7 +126,8 @@ class ModelAllocation(Allocation):
                 f"{m.get('cached')} from cache")
 
 
-def _layer_rows(prepared: PreparedModel) -> list[tuple[str, int, int]]:
+def layer_rows(prepared: PreparedModel) -> list[tuple[str, int, int]]:
+    """``(name, weight elements, MACs)`` of every quantizable layer, as the allocator counts them."""
     # The allocator counts weight elements (size and average bits are about weights);
     # the bias stays float32 and is the same under every allocation.
     return [(info.name, info.weight_elements, info.macs) for info in prepared.layers]
@@ -185,7 +186,7 @@ def allocate_bits(
     if _needs_latency(options, budget):
         latency = measure_latency(prepared, options.candidates.cells(), base_config=options.base_config,
                                   batch_size=options.latency_batch_size, show_progress=options.show_progress)
-    specs = table.layer_specs(_layer_rows(prepared), latency=latency,
+    specs = table.layer_specs(layer_rows(prepared), latency=latency,
                               keep_float=_expand(options.keep_float, prepared.layer_names),
                               monotone=options.monotone)
     result = allocate_from_specs(
@@ -211,4 +212,4 @@ def with_measurement(allocation: Allocation, table: SensitivityTable) -> ModelAl
     return ModelAllocation(**fields, measurement=measurement, sensitivity=table)
 
 
-__all__ = ["AllocationOptions", "ModelAllocation", "allocate_bits", "with_measurement"]
+__all__ = ["AllocationOptions", "ModelAllocation", "allocate_bits", "layer_rows", "with_measurement"]

@@ -93,6 +93,13 @@ def _smooth_images(n: int, seed: int) -> list[torch.Tensor]:
     return list(F.interpolate(base, size=16, mode="bilinear", align_corners=False).split(8))
 
 
+def _quantized(model: nn.Module, n_calib: int, w_bits: int, a_bits: int, procedure: CalibrationProcedure):
+    """``(prepared, simulated model)`` of ``model`` calibrated on smooth images with ``procedure``."""
+    prepared = PreparedModel(model, _smooth_images(n_calib, seed=0), show_progress=False)
+    config = QuantConfig(LayerQuantConfig(WeightQuant(bits=w_bits), ActQuant(bits=a_bits)), procedure=procedure)
+    return prepared, prepared.quantize(config, mode="simulate")
+
+
 @pytest.mark.parametrize("sequential", [True, False])
 def test_gptq_procedure_brings_the_model_closer_to_float(convnet, sequential: bool) -> None:
     calib = _smooth_images(32, seed=0)
@@ -140,11 +147,7 @@ def test_float_target_weights_are_the_least_squares_solution() -> None:
 
 
 def test_float_target_mode_tries_the_closed_form_candidate(convnet) -> None:
-    calib = _smooth_images(64, seed=0)
-    prepared = PreparedModel(convnet, calib, show_progress=False)
-    proc = CalibrationProcedure(gptq=True, gptq_float_target=True)
-    q = prepared.quantize(QuantConfig(LayerQuantConfig(WeightQuant(bits=3), ActQuant(bits=8)), procedure=proc),
-                          mode="simulate")
+    _, q = _quantized(convnet, 64, 3, 8, CalibrationProcedure(gptq=True, gptq_float_target=True))
     layers = q.calibration_log["gptq"]["layers"]
     tried = [r for r in layers if r["error_float_target"] is not None]
     assert tried  # enough rows per input on the conv layers
@@ -158,11 +161,7 @@ def test_float_target_mode_tries_the_closed_form_candidate(convnet) -> None:
 def test_fused_bias_correction_matches_every_layer_mean_to_float(convnet) -> None:
     from quantune.calibration.bias_correction import output_means
 
-    calib = _smooth_images(32, seed=0)
-    prepared = PreparedModel(convnet, calib, show_progress=False)
-    proc = CalibrationProcedure(gptq=True, bias_correction=True)
-    q = prepared.quantize(QuantConfig(LayerQuantConfig(WeightQuant(bits=3), ActQuant(bits=4)), procedure=proc),
-                          mode="simulate")
+    prepared, q = _quantized(convnet, 32, 3, 4, CalibrationProcedure(gptq=True, bias_correction=True))
     assert q.calibration_log["bias_correction"]["fused_with"] == "gptq"
     kinds = {n: m.kind for n, m in q.quantized_layers().items()}
     batches = list(prepared.calibration_data(None, 0))
