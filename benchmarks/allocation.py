@@ -67,12 +67,15 @@ def base_config(weight_method: str, procedure: str) -> QuantConfig:
 
 def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tuple[float, ...],
               base: QuantConfig | None = None, policies: tuple[str, ...] = POLICIES,
-              weight_bits: tuple[int, ...] = (2, 3, 4, 6, 8)) -> list[dict[str, Any]]:
+              weight_bits: tuple[int, ...] = (2, 3, 4, 6, 8),
+              context_bits: int | None = None) -> list[dict[str, Any]]:
     """Every (policy, budget) row of one model; ``base`` sets range methods and procedure."""
     t0 = time.perf_counter()
     prepared = prepare(entry.model, entry.calib_batches)
+    # The sensitivities are measured with the weight range method the allocation is applied
+    # with (3-bit min/max and 3-bit MSE-clipped weights rank layers very differently).
     options = AllocationOptions(weight_bits=weight_bits, act_bits=(8,), proxy=proxy, max_samples=max_samples,
-                                show_progress=True)
+                                base_config=base, context_bits=context_bits, show_progress=True)
     metric_name = entry.primary_metric
     float_metric = entry.evaluate(entry.model)[metric_name]
     rows: list[dict[str, Any]] = []
@@ -80,6 +83,7 @@ def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tupl
         for policy in policies:
             row: dict[str, Any] = {"model": name, "policy": policy, "budget_avg_bits": budget,
                                    "metric_name": metric_name, "float_metric": float_metric, "proxy": proxy,
+                                   "context_bits": context_bits,
                                    "procedure": _procedure_label(base)}
             try:
                 allocation = allocate_bits(prepared, budget={"avg_bits": budget}, options=options, policy=policy)
@@ -173,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="weight range method of every layer (the allocation sets the widths)")
     parser.add_argument("--procedure", default="base",
                         help="calibration after allocation: base, or steps joined by + (gptq, adaquant, biascorr)")
+    parser.add_argument("--context-bits", type=int, default=None,
+                        help="loss proxy: measure each layer with the others' weights at this width")
     args = parser.parse_args(argv)
     budgets = tuple(float(b) for b in args.budgets.split(",") if b.strip())
     policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
@@ -186,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         proxy = args.proxy or DEFAULT_PROXY.get(name, "hessian")
         rows += run_model(name, entry, proxy, max_samples, budgets, base, policies,
-                          tuple(int(b) for b in args.weight_bits.split(",") if b.strip()))
+                          tuple(int(b) for b in args.weight_bits.split(",") if b.strip()), args.context_bits)
         write(args.json, rows, args.quick)  # after each model: a later crash keeps these rows
     verdicts = write(args.json, rows, args.quick)
     print("\n".join(verdicts))

@@ -60,6 +60,9 @@ class AllocationOptions:
         latency_batch_size: Inputs per timed layer call.
         monotone: Never let fewer bits look better than more (removes measurement noise).
         hessian_probes: Hutchinson probes per batch for the ``hessian`` proxy.
+        context_bits: ``loss`` proxy: measure each layer with every other layer's weights
+            at this width instead of float (the table linearized near the budget; see
+            :func:`~quantune.search.sensitivity.measure_sensitivity`).
         solver_time_limit_s: CBC time limit.
         show_progress: Progress bars with ETA.
     """
@@ -82,6 +85,7 @@ class AllocationOptions:
     latency_batch_size: int = 1
     monotone: bool = True
     hessian_probes: int = 4
+    context_bits: int | None = None
     solver_time_limit_s: float = 60.0
     show_progress: bool = True
 
@@ -181,7 +185,8 @@ def allocate_bits(
         prepared, candidates=options.candidates, proxy=options.proxy, loss=options.loss,
         base_config=options.base_config, max_samples=options.max_samples, seed=options.seed,
         cache_path=options.cache_path, storage=options.storage,
-        hessian_probes=options.hessian_probes, show_progress=options.show_progress)
+        hessian_probes=options.hessian_probes, context_bits=options.context_bits,
+        show_progress=options.show_progress)
     latency = None
     if _needs_latency(options, budget):
         latency = measure_latency(prepared, options.candidates.cells(), base_config=options.base_config,
@@ -206,7 +211,7 @@ def with_measurement(allocation: Allocation, table: SensitivityTable) -> ModelAl
     measurement = {
         "proxy": table.proxy, "loss": table.loss, "weight_bits": list(table.candidates.weight_bits),
         "act_bits": list(table.candidates.act_bits), "cross": table.candidates.cross,
-        "n_samples": table.n_samples, "measured": table.measured, "cached": table.cached,
+        "context_bits": table.context_bits, "n_samples": table.n_samples, "measured": table.measured, "cached": table.cached,
         "seconds": round(table.seconds, 3),
     }
     return ModelAllocation(**fields, measurement=measurement, sensitivity=table)

@@ -85,6 +85,7 @@ def _measure(
     hessian_probes: int,
     seed: int,
     show_progress: bool,
+    context: Cell | None = None,
 ) -> dict[str, dict[Cell, float]]:
     """Measure ``cells`` of ``names`` with one proxy (no caching here)."""
     loss = loss_function(loss_name)
@@ -103,7 +104,8 @@ def _measure(
                       enable=show_progress) as bar:
         tick = lambda: bar.update(1)  # noqa: E731
         if proxy == "loss":
-            return probes.measure_loss(model, names, cells, batches, loss, layers_for, tick)
+            around = quantized_layers(prepared, base, context) if context is not None else None
+            return probes.measure_loss(model, names, cells, batches, loss, layers_for, tick, around)
         error = probes.measure_output_error(model, names, cells, batches, layers_for, tick)
         if proxy == "output_mse":
             return error.relative()
@@ -140,6 +142,7 @@ def measure_sensitivity(
     cache_path: str | Path | None = None,
     storage: str | None = None,
     hessian_probes: int = 4,
+    context_bits: int | None = None,
     show_progress: bool = True,
 ) -> SensitivityTable:
     """Measure the sensitivity table of a prepared model.
@@ -160,6 +163,12 @@ def measure_sensitivity(
         cache_path: JSON file that persists measurements across processes.
         storage: Optuna storage URL that persists them in the study storage.
         hessian_probes: Hutchinson probes per batch (``hessian`` proxy).
+        context_bits: ``loss`` proxy only: every layer not being probed runs with weights
+            at this width (activations at the widest candidate) instead of float, and a
+            cell's value is the loss increase over that all-quantized model. The table is
+            then linearized around a model near the budget, where the allocation lands,
+            instead of around float: a layer whose error only hurts on top of the others'
+            (compounding low-bit noise) shows it. Default: around float.
         show_progress: Show a progress bar with ETA.
 
     Returns:
@@ -171,7 +180,16 @@ def measure_sensitivity(
     """
     if proxy not in PROXIES:
         raise UserInputError(f"unknown sensitivity proxy {proxy!r}; use one of {PROXIES}")
+    if context_bits is not None and proxy != "loss":
+        raise UserInputError(f"context_bits needs the 'loss' proxy (the {proxy!r} proxy measures each "
+                             "layer on float inputs); drop context_bits or use proxy='loss'")
     candidates = candidates or Candidates()
+    context = None
+    if context_bits is not None:
+        if context_bits not in candidates.weight_bits:
+            raise UserInputError(f"context_bits={context_bits} is not a candidate weight width "
+                                 f"{candidates.weight_bits}")
+        context = (int(context_bits), candidates.top[1])
     base = base_config or QuantConfig()
     names = list(layers) if layers is not None else prepared.layer_names
     unknown = sorted(set(names) - set(prepared.layer_names))
@@ -186,10 +204,13 @@ def measure_sensitivity(
     with torch.no_grad():
         first = output_tensor(probes.run_model(prepared.float_model, batches[0]))
     loss_name = resolve_loss(loss, first, batches[0])
+    # Without a context the key has no context part, so caches written before the option
+    # existed stay valid.
+    around = {} if context is None else {"context": cell_key(context)}
     key = cache_key(model=model_fingerprint(prepared.float_model, prepared.layer_names),
                     data=data_fingerprint(batches), base=base_signature(base), proxy=proxy,
                     loss=loss_name, probes=str(hessian_probes) if proxy == "hessian" else "",
-                    seed=str(seed) if proxy == "hessian" else "")
+                    seed=str(seed) if proxy == "hessian" else "", **around)
     store = open_store(cache_path, storage)
     entry = store.get(key)
     wanted = candidates.measured_cells()
@@ -200,7 +221,7 @@ def measure_sensitivity(
     measured = 0
     if missing_cells:
         new = _measure(prepared, proxy, loss_name, missing_layers, missing_cells, batches, base,
-                       hessian_probes, seed, show_progress)
+                       hessian_probes, seed, show_progress, context)
         for n, cells in new.items():
             for c, v in cells.items():
                 if c not in cached[n]:
@@ -215,7 +236,7 @@ def measure_sensitivity(
         proxy=proxy, loss="relative_output_mse" if proxy == "output_mse" else loss_name,
         candidates=candidates, values=values,
         n_samples=sum(probes.batch_size(b) for b in batches), measured=measured,
-        cached=total_wanted - measured, seconds=time.perf_counter() - start)
+        cached=total_wanted - measured, seconds=time.perf_counter() - start, context_bits=context_bits)
 
 
 __all__ = ["DEFAULT_MAX_SAMPLES", "Candidates", "SensitivityTable", "measure_sensitivity"]

@@ -70,11 +70,22 @@ def measure_loss(
     loss: LossFn,
     layers_for: LayerFactory,
     tick: Callable[[], None],
+    context: Mapping[str, QuantizedLayer] | None = None,
 ) -> dict[str, dict[Cell, float]]:
-    """Loss increase with one layer quantized at a time (``tick`` after each (layer, cell))."""
+    """Loss increase with one layer quantized at a time (``tick`` after each (layer, cell)).
+
+    With ``context`` (``{layer: QuantizedLayer}``), every other layer runs in its context
+    version instead of float, and the value is the loss increase over the all-context
+    model: the sensitivity linearized around that model rather than around float.
+    """
     work = copy.deepcopy(float_model).eval()
-    originals = {n: work.get_submodule(n) for n in names}
     ref = float_reference(work, batches, loss)
+    context = dict(context or {})
+    for name, layer in context.items():
+        set_submodule(work, name, layer)
+    # The loss of the model every probe starts from (0 without a context).
+    start = mean_loss_increase(work, batches, ref, loss) if context else 0.0
+    resting = {n: work.get_submodule(n) for n in names}
     values: dict[str, dict[Cell, float]] = {n: {} for n in names}
     for cell in cells:
         qlayers = layers_for(cell)
@@ -86,9 +97,9 @@ def measure_loss(
                 continue
             set_submodule(work, name, q)
             try:
-                values[name][cell] = mean_loss_increase(work, batches, ref, loss)
+                values[name][cell] = mean_loss_increase(work, batches, ref, loss) - start
             finally:
-                set_submodule(work, name, originals[name])
+                set_submodule(work, name, resting[name])
             tick()
     return values
 

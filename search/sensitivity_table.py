@@ -116,6 +116,8 @@ class SensitivityTable:
         measured: Cells newly measured to build this table (0 when fully cached).
         cached: Cells read from a cache.
         seconds: Wall-clock time of the new measurements.
+        context_bits: The weight width every other layer ran at while one layer was
+            probed (``None``: float, the table is linearized around the float model).
     """
 
     proxy: str
@@ -127,6 +129,7 @@ class SensitivityTable:
     cached: int = 0
     seconds: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    context_bits: int | None = None
 
     @property
     def layer_names(self) -> list[str]:
@@ -176,7 +179,7 @@ class SensitivityTable:
                            "act_bits": list(self.candidates.act_bits),
                            "cross": self.candidates.cross},
             "n_samples": self.n_samples, "measured": self.measured, "cached": self.cached,
-            "seconds": self.seconds, "notes": list(self.notes),
+            "seconds": self.seconds, "notes": list(self.notes), "context_bits": self.context_bits,
             "values": {n: {cell_key(c): v for c, v in cells.items()}
                        for n, cells in self.values.items()},
         }
@@ -192,7 +195,8 @@ class SensitivityTable:
         lines = ["  ".join(x.ljust(w) if i == 0 else x.rjust(w)
                            for i, (x, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
         lines.insert(1, "-" * len(lines[0]))
-        lines.append(f"proxy {self.proxy} (loss {self.loss}), {self.n_samples} samples, "
+        around = "" if self.context_bits is None else f" around W{self.context_bits}"
+        lines.append(f"proxy {self.proxy}{around} (loss {self.loss}), {self.n_samples} samples, "
                      f"{self.measured} cells measured, {self.cached} cached")
         return "\n".join(lines)
 

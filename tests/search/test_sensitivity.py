@@ -179,3 +179,48 @@ def test_hessian_proxy_handles_layers_outside_the_loss() -> None:
                                 loss="mse", show_progress=False)
     assert all(v == 0.0 for v in table.values["unused"].values())
     assert table.value("body", 2, 8) > table.value("body", 8, 8)
+
+
+def _ce_of(prepared, config, batches) -> float:
+    """Sample-weighted mean cross-entropy of ``config``'s simulated model (independent of
+    the probes under test)."""
+    qmodel = prepared.quantize(config, mode="simulate")
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for inputs, labels in batches:
+            total += float(torch.nn.functional.cross_entropy(qmodel(inputs), labels, reduction="sum"))
+            n += len(labels)
+    return total / n
+
+
+def test_context_sensitivity_is_the_loss_increase_over_the_quantized_model(prepared) -> None:
+    from quantune.config import ActQuant, LayerQuantConfig, QuantConfig, WeightQuant
+
+    cands = Candidates(weight_bits=(2, 4, 8), act_bits=(8,))
+    table = measure_sensitivity(prepared, candidates=cands, proxy="loss", max_samples=32,
+                                context_bits=4, show_progress=False)
+    assert table.context_bits == 4 and "around W4" in table.to_table()
+    batches = list(prepared.calibration_data(32, 0))
+    names = prepared.layer_names
+
+    def widths(w_of: dict[str, int]) -> QuantConfig:
+        return QuantConfig(default=None, overrides=tuple(
+            (n, LayerQuantConfig(WeightQuant(bits=w_of.get(n, 4)), ActQuant(bits=8))) for n in names))
+
+    around = _ce_of(prepared, widths({}), batches)
+    for name in (names[0], names[-1]):
+        assert table.value(name, 4, 8) == 0.0  # the context cell is the starting model
+        for w in (2, 8):
+            expected = _ce_of(prepared, widths({name: w}), batches) - around
+            assert table.value(name, w, 8) == pytest.approx(expected, rel=1e-4, abs=1e-6), (name, w)
+    # Around float the same cells differ (the context is not ignored).
+    flat = measure_sensitivity(prepared, candidates=cands, proxy="loss", max_samples=32, show_progress=False)
+    assert flat.context_bits is None
+    assert any(flat.value(n, 4, 8) != 0.0 for n in names)
+
+
+def test_context_needs_the_loss_proxy_and_a_candidate_width(prepared) -> None:
+    with pytest.raises(UserInputError, match="loss"):
+        measure_sensitivity(prepared, candidates=SMALL, proxy="output_mse", context_bits=4)
+    with pytest.raises(UserInputError, match="not a candidate"):
+        measure_sensitivity(prepared, candidates=SMALL, proxy="loss", context_bits=6)
