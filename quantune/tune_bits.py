@@ -11,12 +11,14 @@ budget by
 
 so every trial of the search meets the budget, and the search chooses the policy together
 with the range methods, granularity and calibration procedure. The sensitivity table is
-measured once per activation width (lazily, at the first point that needs it) and cached
+measured once per activation width and weight scheme (lazily, at the first point that
+needs it) and cached
 in the study storage, so a resumed search or a second worker measures nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -63,20 +65,27 @@ class BitPolicy:
         self.storage = storage
         self.seed = seed
         self.show_progress = show_progress
-        self._tables: dict[int, Any] = {}
+        self._tables: dict[tuple[int, Any], Any] = {}
         self.measurements = 0  # sensitivity tables measured or loaded by this object
 
-    def table(self, a_bits: int) -> Any:
-        """The sensitivity table at activation width ``a_bits`` (measured once)."""
-        if a_bits not in self._tables:
+    def table(self, a_bits: int, weight: Any = None) -> Any:
+        """The sensitivity table at activation width ``a_bits`` for weights quantized like
+        ``weight`` (a :class:`~quantune.config.WeightQuant`; its width is ignored), measured
+        once per pair: 3-bit min/max and 3-bit MSE-clipped weights rank layers differently."""
+        from quantune.config import ActQuant, LayerQuantConfig, WeightQuant
+
+        weight = weight if weight is not None else WeightQuant()
+        key = (a_bits, dataclasses.replace(weight, bits=8))
+        if key not in self._tables:
             from quantune.search.sensitivity import measure_sensitivity
             from quantune.search.sensitivity_table import Candidates
 
-            self._tables[a_bits] = measure_sensitivity(
+            self._tables[key] = measure_sensitivity(
                 self.prepared, candidates=Candidates(self.weight_bits, (a_bits,)), seed=self.seed,
+                base_config=QuantConfig(LayerQuantConfig(key[1], ActQuant(bits=a_bits))),
                 storage=self.storage, show_progress=self.show_progress)
             self.measurements += 1
-        return self._tables[a_bits]
+        return self._tables[key]
 
     def allocate(
         self,
@@ -85,8 +94,10 @@ class BitPolicy:
         *,
         pins: Mapping[str, Any] | None = None,
         keep_float: Sequence[str] = (),
+        weight: Any = None,
     ) -> Any:
-        """The :class:`~quantune.search.allocation.Allocation` of ``policy`` under the budget.
+        """The :class:`~quantune.search.allocation.Allocation` of ``policy`` under the budget
+        (sensitivities measured with ``weight``'s range method and granularity).
 
         Raises:
             AllocationInfeasibleError: the budget cannot be met with these pins (the error
@@ -98,7 +109,7 @@ class BitPolicy:
             raise UserInputError(f"Unknown bit policy {policy!r}; use one of {BIT_POLICIES}.")
         from quantune.search.bits_api import layer_rows
 
-        specs = self.table(a_bits).layer_specs(layer_rows(self.prepared), keep_float=list(keep_float))
+        specs = self.table(a_bits, weight).layer_specs(layer_rows(self.prepared), keep_float=list(keep_float))
         return allocate_bits(specs, self.budget, pins=pins, keep_float=keep_float, policy=policy)
 
     def apply(
@@ -125,7 +136,8 @@ class BitPolicy:
         pins: dict[str, Any] = {}
         if edges_8bit and names:
             pins = {name: (8, a_bits) for name in {names[0], names[-1]} if name not in keep_float}
-        allocation = self.allocate(policy, a_bits, pins=pins, keep_float=keep_float)
+        weight = base.default.weight if base.default is not None else None
+        allocation = self.allocate(policy, a_bits, pins=pins, keep_float=keep_float, weight=weight)
         return apply_allocation(allocation, base)
 
 

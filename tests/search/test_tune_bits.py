@@ -94,3 +94,18 @@ def test_tune_with_a_bit_budget(example) -> None:
     assert result.label.startswith("W[")
     assert _avg_weight_bits(prepared, result.config) <= 4 + 1e-9
     assert result.best_metric > 90.0
+
+
+def test_sensitivities_are_measured_with_the_points_weight_scheme(example) -> None:
+    *_, prepared = example
+    names = prepared.layer_names
+    policy = BitPolicy(prepared, "avg-bits=4", weight_bits=(2, 4, 8), show_progress=False)
+    for method in ("minmax", "mse", "minmax"):
+        point_to_config({"bit_policy": "ilp", "w_method": method}, names, bit_policy=policy)
+    assert policy.measurements == 2  # one table per weight range method, reused after
+    from quantune.config import WeightQuant
+
+    minmax, mse = policy.table(8, WeightQuant(method="minmax")), policy.table(8, WeightQuant(method="mse"))
+    # MSE-clipped 2-bit weights lose less than min/max ones on some layers: the tables differ.
+    assert any(mse.value(n, 2, 8) < minmax.value(n, 2, 8) for n in names)
+    assert mse.values != minmax.values
