@@ -27,7 +27,7 @@ from quantune.search.allocation_apply import apply_allocation
 from quantune.search.allocation_baselines import solve_greedy, solve_uniform
 from quantune.search.allocation_budget import Budget
 from quantune.search.allocation_exhaustive import solve_exhaustive
-from quantune.search.allocation_ilp import solve_ilp
+from quantune.search.allocation_ilp import next_best_ilp, solve_ilp
 from quantune.search.allocation_problem import (
     AllocationProblem,
     BitRange,
@@ -55,6 +55,7 @@ __all__ = [
     "LayerSpec",
     "allocate_bits",
     "apply_allocation",
+    "ilp_alternatives",
 ]
 
 #: A policy maps a reduced problem and a time limit to
@@ -165,6 +166,12 @@ def allocate_bits(
     problem = build_problem(layers, _as_budget(budget), pins=pins, bit_ranges=bit_ranges,
                             groups=groups, keep_float=keep_float)
     selection, status, binding = POLICIES[policy](problem, solver_time_limit_s)
+    return _allocation(problem, selection, policy, status, binding)
+
+
+def _allocation(problem: AllocationProblem, selection: Sequence[int], policy: str, status: str,
+                binding: tuple[str, ...]) -> Allocation:
+    """The verified :class:`Allocation` of one selection."""
     chosen = problem.layer_options(selection)
     allocation = Allocation(
         layers=tuple(LayerChoice(layer.name, layer.params, layer.macs, option.w_bits,
@@ -173,3 +180,35 @@ def allocate_bits(
         budget=problem.budget, policy=policy, status=status, binding=binding)
     _verify(problem, allocation)
     return allocation
+
+
+def ilp_alternatives(
+    layers: Sequence[LayerSpec],
+    budget: Budget | str | Mapping[str, float] | None = None,
+    *,
+    count: int,
+    pins: Mapping[str, PinValue] | None = None,
+    bit_ranges: Mapping[str, BitRange] | None = None,
+    groups: Iterable[Iterable[str]] | None = None,
+    keep_float: Iterable[str] | None = None,
+    solver_time_limit_s: float = 60.0,
+) -> list[Allocation]:
+    """The ``count`` allocations of least predicted loss under the budget, best first.
+
+    The first is :func:`allocate_bits`'s ``ilp`` answer; each next one is the optimum
+    of the same program with the earlier selections cut off. Fewer are returned when
+    the budget admits fewer. Arguments as in :func:`allocate_bits`.
+    """
+    if count < 1:
+        raise UserInputError(f"count must be at least 1, got {count}")
+    problem = build_problem(layers, _as_budget(budget), pins=pins, bit_ranges=bit_ranges,
+                            groups=groups, keep_float=keep_float)
+    first, status, binding = _ilp(problem, solver_time_limit_s)
+    selections = [first]
+    while len(selections) < count:
+        nxt = next_best_ilp(problem, selections, solver_time_limit_s)
+        if nxt is None:
+            break
+        selections.append(nxt)
+    return [_allocation(problem, sel, "ilp", status if i == 0 else "alternative", binding)
+            for i, sel in enumerate(selections)]

@@ -52,6 +52,7 @@ def _solve_verified(
     rows: Sequence[BudgetRow],
     time_limit_s: float,
     extra: Sequence[tuple[Table, float]] = (),
+    known: Sequence[Sequence[int]] = (),
 ) -> SolveResult:
     """Solve, then cut off each answer the exact check rejects and solve again.
 
@@ -60,7 +61,7 @@ def _solve_verified(
     the true optimum (usually after zero or one extra solve).
     """
     program = [*((_resource_table(problem, r.resource), r.limit) for r in rows), *extra]
-    excluded: list[list[int]] = []
+    excluded: list[list[int]] = [list(k) for k in known]
     for _ in range(_MAX_CUTS + 1):
         result = solve_choice_program(objective, program, time_limit_s=time_limit_s,
                                       excluded=excluded)
@@ -127,6 +128,15 @@ def solve_ilp(problem: AllocationProblem, time_limit_s: float
         if relaxed is not None and problem.loss(relaxed) < loss - 1e-9 * max(1.0, abs(loss)):
             binding.append(row.name)
     return selection, proven, tuple(binding)
+
+
+def next_best_ilp(problem: AllocationProblem, known: Sequence[Sequence[int]], time_limit_s: float
+                  ) -> list[int] | None:
+    """The least-loss selection under every budget other than the ``known`` ones (no-good
+    cuts), or ``None`` when the budgets admit no other selection. Calling it repeatedly
+    enumerates the selections in order of predicted loss."""
+    result = _solve_verified(problem, _loss_table(problem), problem.rows, time_limit_s, known=known)
+    return result.selection
 
 
 def min_feasible_value(problem: AllocationProblem, row: BudgetRow, time_limit_s: float

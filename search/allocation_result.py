@@ -45,7 +45,8 @@ class Allocation:
         budget: The budget the allocation was made for.
         policy: ``"ilp"``, ``"greedy"``, ``"uniform"`` or ``"exhaustive"``.
         status: ``"optimal"`` (proven), ``"feasible"`` (solver time limit hit before
-            proving optimality) or ``"heuristic"`` (baseline policies).
+            proving optimality), ``"heuristic"`` (baseline policies) or
+            ``"alternative"`` (a runner-up of :func:`~quantune.search.allocation.ilp_alternatives`).
         binding: Budget fields that limited the allocation. For ``ilp`` and
             ``exhaustive``: those whose removal would lower the predicted loss. For the
             baselines: those that forced the last step down.

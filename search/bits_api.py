@@ -25,13 +25,14 @@ from torch import nn
 from quantune.config import QuantConfig
 from quantune.errors import UserInputError
 from quantune.prepare import PreparedModel, prepare
-from quantune.search.allocation import Allocation, Budget
+from quantune.search.allocation import Allocation, Budget, ilp_alternatives
 from quantune.search.allocation import _as_budget as as_budget
 from quantune.search.allocation import allocate_bits as allocate_from_specs
 from quantune.search.allocation_names import match_names
 from quantune.search.allocation_problem import BitRange, PinValue
+from quantune.search.allocation_refine import Refinement, choose_measured, measured_losses
 from quantune.search.latency_table import measure_latency
-from quantune.search.sensitivity import DEFAULT_MAX_SAMPLES, measure_sensitivity
+from quantune.search.sensitivity import DEFAULT_MAX_SAMPLES, measure_sensitivity, resolved_loss
 from quantune.search.sensitivity_table import Candidates, SensitivityTable
 
 
@@ -60,6 +61,10 @@ class AllocationOptions:
         latency_batch_size: Inputs per timed layer call.
         monotone: Never let fewer bits look better than more (removes measurement noise).
         hessian_probes: Hutchinson probes per batch for the ``hessian`` proxy.
+        refine: ``ilp`` policy: measure the loss of this many allocations of least
+            predicted loss (the optimum and its runners-up) and keep the best measured
+            (see :mod:`quantune.search.allocation_refine`); ``0`` or ``1`` trusts the
+            prediction.
         context_bits: ``loss`` proxy: measure each layer with every other layer's weights
             at this width instead of float (the table linearized near the budget; see
             :func:`~quantune.search.sensitivity.measure_sensitivity`).
@@ -86,6 +91,7 @@ class AllocationOptions:
     monotone: bool = True
     hessian_probes: int = 4
     context_bits: int | None = None
+    refine: int = 4
     solver_time_limit_s: float = 60.0
     show_progress: bool = True
 
@@ -194,19 +200,28 @@ def allocate_bits(
     specs = table.layer_specs(layer_rows(prepared), latency=latency,
                               keep_float=_expand(options.keep_float, prepared.layer_names),
                               monotone=options.monotone)
-    result = allocate_from_specs(
-        specs, budget, pins=pins, bit_ranges=options.bit_ranges, groups=options.groups,
-        keep_float=options.keep_float, policy=options.policy,
-        solver_time_limit_s=options.solver_time_limit_s)
-    return with_measurement(result, table)
+    restrictions = dict(pins=pins, bit_ranges=options.bit_ranges, groups=options.groups,
+                        keep_float=options.keep_float, solver_time_limit_s=options.solver_time_limit_s)
+    if options.policy != "ilp" or options.refine <= 1:
+        result = allocate_from_specs(specs, budget, policy=options.policy, **restrictions)
+        return with_measurement(result, table)
+    alternatives = ilp_alternatives(specs, budget, count=options.refine, **restrictions)
+    # The samples and loss the sensitivities were measured on.
+    batches = list(prepared.calibration_data(options.max_samples, options.seed))
+    loss_name = resolved_loss(prepared, batches, options.loss)
+    measured = measured_losses(prepared, alternatives, options.base_config, batches, loss_name,
+                               options.show_progress)
+    result, refinement = choose_measured(alternatives, measured, loss_name)
+    return with_measurement(result, table, refinement)
 
 
 def _expand(patterns: Iterable[str], names: list[str]) -> list[str]:
     return [names[i] for p in patterns for i in match_names(p, names)]
 
 
-def with_measurement(allocation: Allocation, table: SensitivityTable) -> ModelAllocation:
-    """Attach the sensitivity table's provenance to an allocation."""
+def with_measurement(allocation: Allocation, table: SensitivityTable,
+                     refinement: Refinement | None = None) -> ModelAllocation:
+    """Attach the sensitivity table's provenance (and the refinement's figures) to an allocation."""
     fields = {f.name: getattr(allocation, f.name) for f in dataclasses.fields(Allocation)}
     measurement = {
         "proxy": table.proxy, "loss": table.loss, "weight_bits": list(table.candidates.weight_bits),
@@ -214,6 +229,8 @@ def with_measurement(allocation: Allocation, table: SensitivityTable) -> ModelAl
         "context_bits": table.context_bits, "n_samples": table.n_samples, "measured": table.measured, "cached": table.cached,
         "seconds": round(table.seconds, 3),
     }
+    if refinement is not None:
+        measurement["refine"] = refinement.to_dict()
     return ModelAllocation(**fields, measurement=measurement, sensitivity=table)
 
 

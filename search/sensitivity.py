@@ -128,6 +128,14 @@ def _every(n: int, tick: Any) -> Any:
     return fn
 
 
+def resolved_loss(prepared: PreparedModel, batches: Sequence[Any], loss: str = "auto") -> str:
+    """The concrete loss (``ce``, ``kl``, ``cosine``, ``mse``) ``loss`` stands for on these
+    batches (``auto`` looks at the float model's output and the batches' labels)."""
+    with torch.no_grad():
+        first = output_tensor(probes.run_model(prepared.float_model, batches[0]))
+    return resolve_loss(loss, first, batches[0])
+
+
 def measure_sensitivity(
     prepared: PreparedModel,
     data: Iterable[Any] | None = None,
@@ -201,9 +209,7 @@ def measure_sensitivity(
         from quantune.calibration.data import calibration_batches
 
         batches = list(calibration_batches(data, max_samples, seed))
-    with torch.no_grad():
-        first = output_tensor(probes.run_model(prepared.float_model, batches[0]))
-    loss_name = resolve_loss(loss, first, batches[0])
+    loss_name = resolved_loss(prepared, batches, loss)
     # Without a context the key has no context part, so caches written before the option
     # existed stay valid.
     around = {} if context is None else {"context": cell_key(context)}
@@ -239,4 +245,4 @@ def measure_sensitivity(
         cached=total_wanted - measured, seconds=time.perf_counter() - start, context_bits=context_bits)
 
 
-__all__ = ["DEFAULT_MAX_SAMPLES", "Candidates", "SensitivityTable", "measure_sensitivity"]
+__all__ = ["DEFAULT_MAX_SAMPLES", "Candidates", "SensitivityTable", "measure_sensitivity", "resolved_loss"]

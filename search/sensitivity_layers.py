@@ -37,11 +37,15 @@ def cell_layer_config(base: LayerQuantConfig | None, cell: Cell) -> LayerQuantCo
                                activation=act)
 
 
+def range_only(procedure: CalibrationProcedure) -> CalibrationProcedure:
+    """``procedure`` without its data-driven steps: range calibration on the same samples."""
+    return CalibrationProcedure(max_samples=procedure.max_samples, seed=procedure.seed)
+
+
 def cell_config(base: QuantConfig, names: Iterable[str], cell: Cell) -> QuantConfig:
     """Every named layer at the cell's widths; only range calibration in the procedure."""
-    procedure = CalibrationProcedure(max_samples=base.procedure.max_samples, seed=base.procedure.seed)
     overrides = tuple((n, cell_layer_config(base.for_layer(n), cell)) for n in names)
-    return QuantConfig(default=None, overrides=overrides, procedure=procedure)
+    return QuantConfig(default=None, overrides=overrides, procedure=range_only(base.procedure))
 
 
 def quantized_layers(
@@ -63,7 +67,6 @@ def base_signature(base: QuantConfig) -> str:
         default=None if base.default is None else cell_layer_config(base.default, (8, 8)),
         overrides=tuple((p, None if c is None else cell_layer_config(c, (8, 8)))
                         for p, c in base.overrides),
-        procedure=CalibrationProcedure(max_samples=base.procedure.max_samples,
-                                       seed=base.procedure.seed),
+        procedure=range_only(base.procedure),
     )
     return blank.to_json(indent=None)

@@ -18,6 +18,7 @@ from quantune.search.allocation import (
     LayerOption,
     LayerSpec,
     allocate_bits,
+    ilp_alternatives,
 )
 from quantune.search.allocation_synthetic import synthetic_layers
 
@@ -158,3 +159,26 @@ def test_two_hundred_layers_five_options_solve_quickly() -> None:
     elapsed = time.perf_counter() - start
     assert alloc.status == "optimal" and alloc.avg_bits <= 4.5
     assert elapsed < 60, f"200-layer allocation took {elapsed:.1f} s (target < 10 s)"
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_alternatives_are_the_k_best_feasible_selections(seed: int) -> None:
+    """The runners-up are distinct, within every rule, and their losses are exactly the
+    k smallest of all feasible selections (brute force), in order."""
+    inst = oracle.random_instance(seed)
+    total = sum(layer.params for layer in inst.layers)
+    losses = sorted(t["loss"] for t in (oracle.totals(inst.layers, c) for c in oracle.combos(inst))
+                    if oracle.within(inst.budget, total, t))
+    if not losses:
+        return
+    alts = ilp_alternatives(inst.layers, inst.budget, count=4, **inst.kwargs())
+    assert len(alts) == min(4, len(losses))
+    assert len({tuple(sorted(a.bits.items())) for a in alts}) == len(alts)
+    for alt in alts:
+        oracle.satisfies(inst, alt)
+    assert alts[0].bits == allocate_bits(inst.layers, inst.budget, **inst.kwargs()).bits
+    for alt, expected in zip(alts, losses, strict=False):
+        assert math.isclose(alt.predicted_loss, expected, rel_tol=1e-9, abs_tol=1e-12)
+    assert [a.status for a in alts[1:]] == ["alternative"] * (len(alts) - 1)
+    with pytest.raises(UserInputError, match="at least 1"):
+        ilp_alternatives(inst.layers, inst.budget, count=0)

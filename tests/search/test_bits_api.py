@@ -13,7 +13,7 @@ from quantune.search.sensitivity_cache import clear_memory_cache
 from quantune.zoo.evaluators import LabelledAccuracy
 
 FAST = AllocationOptions(weight_bits=(2, 4, 8), act_bits=(8,), proxy="output_mse", max_samples=32,
-                         show_progress=False)
+                         refine=1, show_progress=False)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -91,3 +91,32 @@ def test_unknown_option_is_a_user_error(example) -> None:
         allocate_bits(prepared, budget="avg-bits=4", options=FAST, colour="blue")
     with pytest.raises(UserInputError, match="calibration data"):
         allocate_bits(example[0], None, "avg-bits=4")
+
+
+def test_refine_keeps_the_alternative_of_least_measured_loss(example) -> None:
+    import torch
+
+    from quantune.config import QuantConfig
+    from quantune.search.allocation import ilp_alternatives
+
+    model, _, _, prepared = example
+    options = FAST.replace(refine=4, proxy="loss")
+    refined = allocate_bits(prepared, budget="avg-bits=3", options=options)
+    info = refined.measurement["refine"]
+    assert info["loss"] == "ce" and len(info["measured"]) == 4
+    assert info["predicted"] == sorted(info["predicted"])
+    assert info["chosen"] == min(range(4), key=lambda i: info["measured"][i])
+    alternatives = ilp_alternatives(refined.sensitivity.layer_specs(
+        [(i.name, i.weight_elements, i.macs) for i in prepared.layers]), "avg-bits=3", count=4)
+    assert refined.bits == alternatives[info["chosen"]].bits
+    # The measured loss is the real cross-entropy increase of the quantized model.
+    batches = list(prepared.calibration_data(32, 0))
+    qmodel = prepared.quantize(apply_allocation(refined, QuantConfig()), mode="simulate")
+    with torch.no_grad():
+        ce = [(torch.nn.functional.cross_entropy(qmodel(x), y, reduction="sum")
+               - torch.nn.functional.cross_entropy(model(x), y, reduction="sum")).item()
+              for x, y in batches]
+    assert info["measured"][info["chosen"]] == pytest.approx(sum(ce) / sum(len(y) for _, y in batches),
+                                                            rel=1e-4, abs=1e-6)
+    plain = allocate_bits(prepared, budget="avg-bits=3", options=options.replace(refine=1))
+    assert "refine" not in plain.measurement and plain.bits == alternatives[0].bits
