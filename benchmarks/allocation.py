@@ -38,6 +38,7 @@ from quantune.errors import QuantuneError
 from quantune.prepare import prepare
 from quantune.search.allocation import AllocationInfeasibleError, apply_allocation
 from quantune.search.bits_api import AllocationOptions, allocate_bits
+from quantune.search.sensitivity_losses import LOSSES
 
 BUDGETS = (3.0, 4.0, 4.5, 5.0, 6.0, 8.0)
 POLICIES = ("uniform", "greedy", "ilp")
@@ -47,12 +48,13 @@ MODELS = ("example", "efficientnet-lite0", "minilm-l6")
 DEFAULT_PROXY = {"example": "loss", "efficientnet-lite0": "loss", "minilm-l6": "loss"}
 
 
-def load_entry(name: str, quick: bool) -> Any:
-    """The zoo entry, or None (with a message) when it cannot be built here."""
+def load_entry(name: str, quick: bool, n_eval: int | None = None) -> Any:
+    """The zoo entry (``n_eval`` overrides its evaluation size), or None (with a message)
+    when it cannot be built here."""
     try:
         from quantune import zoo
 
-        return zoo.get(name, "quick" if quick else "full")
+        return zoo.get(name, "quick" if quick else "full", n_eval=n_eval)
     except (ImportError, QuantuneError) as exc:
         print(f"[skip] {name}: {exc}", file=sys.stderr)
         return None
@@ -68,14 +70,14 @@ def base_config(weight_method: str, procedure: str) -> QuantConfig:
 def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tuple[float, ...],
               base: QuantConfig | None = None, policies: tuple[str, ...] = POLICIES,
               weight_bits: tuple[int, ...] = (2, 3, 4, 6, 8),
-              context_bits: int | None = None, refine: int = 4) -> list[dict[str, Any]]:
+              context_bits: int | None = None, refine: int = 4, loss: str = "auto") -> list[dict[str, Any]]:
     """Every (policy, budget) row of one model; ``base`` sets range methods and procedure."""
     t0 = time.perf_counter()
     prepared = prepare(entry.model, entry.calib_batches)
     # The sensitivities are measured with the weight range method the allocation is applied
     # with (3-bit min/max and 3-bit MSE-clipped weights rank layers very differently).
     options = AllocationOptions(weight_bits=weight_bits, act_bits=(8,), proxy=proxy, max_samples=max_samples,
-                                base_config=base, context_bits=context_bits, refine=refine,
+                                base_config=base, context_bits=context_bits, refine=refine, loss=loss,
                                 show_progress=True)
     metric_name = entry.primary_metric
     float_metric = entry.evaluate(entry.model)[metric_name]
@@ -84,6 +86,7 @@ def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tupl
         for policy in policies:
             row: dict[str, Any] = {"model": name, "policy": policy, "budget_avg_bits": budget,
                                    "metric_name": metric_name, "float_metric": float_metric, "proxy": proxy,
+                                   "loss": loss,
                                    "context_bits": context_bits, "refine": refine if policy == "ilp" else None,
                                    "procedure": _procedure_label(base)}
             try:
@@ -183,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="loss proxy: measure each layer with the others' weights at this width")
     parser.add_argument("--refine", type=int, default=4,
                         help="ilp: measure this many least-predicted-loss allocations, keep the best (1: off)")
+    parser.add_argument("--loss", default="auto", choices=LOSSES,
+                        help="sensitivity loss (auto: ce with labels, cosine for embeddings, else kl)")
+    parser.add_argument("--n-eval", type=int, default=None,
+                        help="evaluation inputs per model (default: the zoo preset's; --quick: 48 images)")
     args = parser.parse_args(argv)
     budgets = tuple(float(b) for b in args.budgets.split(",") if b.strip())
     policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
@@ -191,13 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     max_samples = 32 if args.quick else 256
     rows: list[dict[str, Any]] = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        entry = load_entry(name, args.quick)
+        entry = load_entry(name, args.quick, args.n_eval)
         if entry is None:
             continue
         proxy = args.proxy or DEFAULT_PROXY.get(name, "hessian")
         rows += run_model(name, entry, proxy, max_samples, budgets, base, policies,
                           tuple(int(b) for b in args.weight_bits.split(",") if b.strip()), args.context_bits,
-                          args.refine)
+                          args.refine, args.loss)
         write(args.json, rows, args.quick)  # after each model: a later crash keeps these rows
     verdicts = write(args.json, rows, args.quick)
     print("\n".join(verdicts))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from quantune.errors import UserInputError
+from quantune.search.sensitivity_losses import LOSSES
 
 DEFAULT_OUT = "allocation.json"
 CACHE_NAME = "quantune_sensitivity_cache.json"
@@ -54,7 +55,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--refine", type=int, default=4, metavar="K",
                    help="ilp: measure the K allocations of least predicted loss, keep the best measured "
                         "(1 trusts the prediction; default 4)")
-    p.add_argument("--loss", default="auto", choices=("auto", "ce", "kl", "cosine", "mse"))
+    p.add_argument("--loss", default="auto", choices=LOSSES)
     p.add_argument("--weight-bits", type=_int_list, default=(2, 3, 4, 6, 8), help="candidates, e.g. 2,3,4,6,8")
     p.add_argument("--act-bits", type=_int_list, default=(4, 8), help="candidates, e.g. 4,8")
     p.add_argument("--cross", default="additive", choices=("additive", "full"),

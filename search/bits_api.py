@@ -45,7 +45,7 @@ class AllocationOptions:
         act_bits: Candidate activation widths.
         cross: ``additive`` (measure the two axes, derive the other cells) or ``full``.
         proxy: Sensitivity proxy: ``loss``, ``output_mse`` or ``hessian``.
-        loss: ``auto``, ``ce``, ``kl``, ``cosine`` or ``mse``.
+        loss: ``auto``, ``ce``, ``kl``, ``top1-ce``, ``cosine`` or ``mse``.
         policy: ``ilp`` (exact), ``greedy`` or ``uniform`` (baselines).
         bit_ranges: ``{layer or "re:..": (min_w_bits, max_w_bits)}``.
         groups: Layers that must share widths (e.g. q/k/v projections).

@@ -8,6 +8,9 @@ float32, which would zero its Hessian.
 
 - ``ce``: cross-entropy against the batch's labels (the task loss).
 - ``kl``: KL(softmax(FP32) || softmax(quantized)), for classifiers without labels.
+- ``top1-ce``: cross-entropy against the FP32 model's top-1 class, the differentiable
+  surrogate of top-1 agreement: unlike ``kl`` it weighs only what can flip the float
+  model's decision, not the whole tail of the distribution.
 - ``cosine``: ``1 - cos(FP32, quantized)``, for embedding models.
 - ``mse``: mean squared error against the FP32 outputs, for anything else.
 
@@ -26,7 +29,7 @@ import torch.nn.functional as F
 from quantune.batches import batch_labels
 from quantune.errors import UserInputError
 
-LOSSES = ("auto", "ce", "kl", "cosine", "mse")
+LOSSES = ("auto", "ce", "kl", "top1-ce", "cosine", "mse")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
@@ -64,6 +67,10 @@ def _kl(out: torch.Tensor, ref: torch.Tensor, batch: Any) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean()
 
 
+def _top1_ce(out: torch.Tensor, ref: torch.Tensor, batch: Any) -> torch.Tensor:
+    return F.cross_entropy(_rows(out).double(), _rows(ref).argmax(dim=-1))
+
+
 def _cosine(out: torch.Tensor, ref: torch.Tensor, batch: Any) -> torch.Tensor:
     return (1.0 - F.cosine_similarity(_rows(out).double(), _rows(ref).double(), dim=-1, eps=1e-12)).mean()
 
@@ -72,7 +79,7 @@ def _mse(out: torch.Tensor, ref: torch.Tensor, batch: Any) -> torch.Tensor:
     return F.mse_loss(out.double(), ref.double())
 
 
-_FUNCTIONS: dict[str, LossFn] = {"ce": _ce, "kl": _kl, "cosine": _cosine, "mse": _mse}
+_FUNCTIONS: dict[str, LossFn] = {"ce": _ce, "kl": _kl, "top1-ce": _top1_ce, "cosine": _cosine, "mse": _mse}
 
 
 def _labels_fit(out: torch.Tensor, batch: Any) -> bool:

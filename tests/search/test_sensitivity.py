@@ -12,7 +12,7 @@ from quantune.prepare import prepare
 from quantune.search import sensitivity as sens_mod
 from quantune.search.sensitivity import measure_sensitivity
 from quantune.search.sensitivity_cache import clear_memory_cache
-from quantune.search.sensitivity_losses import resolve_loss
+from quantune.search.sensitivity_losses import loss_function, resolve_loss
 from quantune.search.sensitivity_table import Candidates, derive_cells, monotone_envelope
 
 SMALL = Candidates(weight_bits=(2, 4, 8), act_bits=(4, 8))
@@ -147,6 +147,27 @@ def test_loss_auto_resolution() -> None:
     assert resolve_loss("auto", emb, model_inputs(emb)) == "cosine"
     with pytest.raises(UserInputError, match="labels"):
         resolve_loss("ce", logits, logits)
+
+
+def test_top1_ce_weighs_only_what_can_flip_the_float_decision() -> None:
+    top1_ce, kl = loss_function("top1-ce"), loss_function("kl")
+    ref = torch.tensor([[4.0, 1.0, 0.5, -1.0], [0.0, 3.0, 1.0, 2.0]])
+    assert resolve_loss("top1-ce", ref, ref) == "top1-ce"
+    # At the float output it is the float model's own cross-entropy to its top-1 class.
+    expected = -torch.log_softmax(ref.double(), dim=1)[[0, 1], [0, 1]].mean()
+    assert float(top1_ce(ref, ref, ref)) == pytest.approx(float(expected))
+    # Shuffling the non-top logits changes the distribution (KL > 0) but not this loss.
+    shuffled = ref[:, [0, 3, 1, 2]].clone()
+    shuffled[1] = ref[1, [3, 1, 0, 2]]
+    assert float(kl(shuffled, ref, ref)) > 0.1
+    assert float(top1_ce(shuffled, ref, ref)) == pytest.approx(float(expected))
+    # Lowering the top-1 logit raises it, monotonically.
+    values = []
+    for drop in (0.0, 1.0, 2.0, 4.0):
+        out = ref.clone()
+        out[0, 0] -= drop
+        values.append(float(top1_ce(out, ref, ref)))
+    assert values == sorted(values) and values[-1] > values[0]
 
 
 def test_bad_arguments_are_user_errors(prepared) -> None:
