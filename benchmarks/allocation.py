@@ -48,13 +48,13 @@ MODELS = ("example", "efficientnet-lite0", "minilm-l6")
 DEFAULT_PROXY = {"example": "loss", "efficientnet-lite0": "loss", "minilm-l6": "loss"}
 
 
-def load_entry(name: str, quick: bool, n_eval: int | None = None) -> Any:
-    """The zoo entry (``n_eval`` overrides its evaluation size), or None (with a message)
-    when it cannot be built here."""
+def load_entry(name: str, quick: bool, n_eval: int | None = None, n_calib: int | None = None) -> Any:
+    """The zoo entry (``n_eval`` / ``n_calib`` override its data sizes), or None (with a
+    message) when it cannot be built here."""
     try:
         from quantune import zoo
 
-        return zoo.get(name, "quick" if quick else "full", n_eval=n_eval)
+        return zoo.get(name, "quick" if quick else "full", n_eval=n_eval, n_calib=n_calib)
     except (ImportError, QuantuneError) as exc:
         print(f"[skip] {name}: {exc}", file=sys.stderr)
         return None
@@ -190,15 +190,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="sensitivity loss (auto: ce with labels, cosine for embeddings, else kl)")
     parser.add_argument("--n-eval", type=int, default=None,
                         help="evaluation inputs per model (default: the zoo preset's; --quick: 48 images)")
+    parser.add_argument("--n-calib", type=int, default=None,
+                        help="calibration inputs per model, all of them used for the sensitivities "
+                             "(default: the zoo preset's, at most 32 with --quick, 256 without)")
     args = parser.parse_args(argv)
     budgets = tuple(float(b) for b in args.budgets.split(",") if b.strip())
     policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
     base = base_config(args.weight_method, args.procedure)
     torch.set_num_threads(args.threads)
-    max_samples = 32 if args.quick else 256
+    max_samples = args.n_calib or (32 if args.quick else 256)
     rows: list[dict[str, Any]] = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        entry = load_entry(name, args.quick, args.n_eval)
+        entry = load_entry(name, args.quick, args.n_eval, args.n_calib)
         if entry is None:
             continue
         proxy = args.proxy or DEFAULT_PROXY.get(name, "hessian")
