@@ -33,7 +33,7 @@ class Refinement:
         chosen: Index of the winner among the alternatives (0 = the ILP optimum).
         predicted: Predicted loss of every alternative, best first.
         measured: Measured loss increase over float of every alternative.
-        loss: The loss measured (``ce``, ``kl``, ``cosine`` or ``mse``).
+        loss: The loss measured (``ce``, ``kl``, ``top1-ce``, ``cosine`` or ``mse``).
     """
 
     chosen: int

@@ -206,6 +206,8 @@ def allocate_bits(
         result = allocate_from_specs(specs, budget, policy=options.policy, **restrictions)
         return with_measurement(result, table)
     alternatives = ilp_alternatives(specs, budget, count=options.refine, **restrictions)
+    if len(alternatives) == 1:  # the budget admits one allocation: nothing to compare
+        return with_measurement(alternatives[0], table)
     # The samples and loss the sensitivities were measured on.
     batches = list(prepared.calibration_data(options.max_samples, options.seed))
     loss_name = resolved_loss(prepared, batches, options.loss)

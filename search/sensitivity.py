@@ -129,7 +129,7 @@ def _every(n: int, tick: Any) -> Any:
 
 
 def resolved_loss(prepared: PreparedModel, batches: Sequence[Any], loss: str = "auto") -> str:
-    """The concrete loss (``ce``, ``kl``, ``cosine``, ``mse``) ``loss`` stands for on these
+    """The concrete loss (``ce``, ``kl``, ``top1-ce``, ``cosine``, ``mse``) ``loss`` stands for on these
     batches (``auto`` looks at the float model's output and the batches' labels)."""
     with torch.no_grad():
         first = output_tensor(probes.run_model(prepared.float_model, batches[0]))

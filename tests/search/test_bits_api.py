@@ -120,3 +120,18 @@ def test_refine_keeps_the_alternative_of_least_measured_loss(example) -> None:
                                                             rel=1e-4, abs=1e-6)
     plain = allocate_bits(prepared, budget="avg-bits=3", options=options.replace(refine=1))
     assert "refine" not in plain.measurement and plain.bits == alternatives[0].bits
+
+
+def test_refine_measures_nothing_when_the_budget_admits_one_allocation(example, monkeypatch) -> None:
+    from quantune.search import bits_api
+
+    _, _, _, prepared = example
+    options = FAST.replace(refine=4, weight_bits=(2, 8))
+    names = prepared.layer_names
+    # Every layer but one pinned, and the budget leaves that one a single width.
+    pins = {n: 2 for n in names[1:]}
+    called = []
+    monkeypatch.setattr(bits_api, "measured_losses", lambda *a, **k: called.append(1) or [0.0] * 4)
+    only = allocate_bits(prepared, budget="avg-bits=2", pins=pins, options=options)
+    assert not called and "refine" not in only.measurement
+    assert {w for w, _ in only.bits.values()} == {2}
