@@ -110,6 +110,7 @@ def bench_model(name: str, evaluate: bool, budget_s: float, weight_bits: tuple[i
         row["speedup" if bits == 8 else f"speedup_{key}"] = round(ms["fp32"] / ms[f"w{bits}a8"], 3)
         row["integer_paths" if bits == 8 else f"integer_paths_{key}"] = dict(paths)
         row["fused_activations" if bits == 8 else f"fused_activations_{key}"] = len(qm.fused_activations or {})
+        row["chains" if bits == 8 else f"chains_{key}"] = len(qm.chains)
         if evaluate:
             with torch.no_grad():
                 row["fidelity_integer" if bits == 8 else f"fidelity_integer_{key}"] = entry.evaluate(qm)

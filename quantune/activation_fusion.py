@@ -1,24 +1,30 @@
-"""Fuse ReLU / ReLU6 / Hardtanh / clamp into a quantized layer's epilogue; chain integer layers.
+"""Fuse ReLU / ReLU6 / Hardtanh / clamp / GELU into a quantized layer's epilogue; chain integer layers.
 
 quantune never traces the model, so which op consumes a layer's output is observed
 instead: one forward pass runs under a :class:`~torch.overrides.TorchFunctionMode`
 that sees every torch call and notes which calls receive each quantized layer's
 output tensor. A layer is fused when its output feeds exactly one call that produces
-a tensor, and that call is a clamp-like activation with constant bounds (through
-``nn.Identity`` modules, which return their input: folded BatchNorms). The integer
-GEMM then applies the clamp in its epilogue (a oneDNN post-op), and the activation
-module that used to run it is taught to skip a tensor that is provably already
-clamped to its own bounds:
+a tensor, and that call is an activation the epilogue knows (through ``nn.Identity``
+modules, which return their input: folded BatchNorms). The integer GEMM then applies
+the activation in its epilogue (a oneDNN post-op), and the activation module that used
+to run it is taught to skip a tensor that provably went through it already:
 
-- the layer marks its output with ``(lo, hi, tensor._version)``;
-- the activation returns its input unchanged only when the mark carries its own
-  bounds and the version counter shows no in-place write since.
+- the layer marks its output with ``(activation, tensor._version)``;
+- the activation returns its input unchanged only when the mark names its own
+  activation and the version counter shows no in-place write since; it consumes the
+  mark, so a second activation on the same tensor computes again.
 
-Skipping is therefore exact whatever the graph (clamping twice to the same bounds
-changes nothing); fusing relies on the observed single consumer, which holds for
-models whose data flow does not depend on the input values. Under
+A clamp (ReLU, ReLU6, Hardtanh, ``torch.clamp``) is idempotent: a functional clamp that
+cannot skip simply clamps twice, so it is fused wherever it is the single consumer.
+GELU is not: it is fused only when it runs inside an activation module that is called
+once per pass (dedicated) and returns the GELU's result, so that module, taught to skip,
+is certain to see the mark. ``nn.ReLU`` / ``nn.ReLU6`` / ``nn.Hardtanh`` / ``nn.GELU``
+are taught by a class swap; any other parameter-free activation module observed to do
+exactly that (e.g. Hugging Face's ``GELUActivation``) is wrapped in
+:class:`SkippingActivation`. Fusing relies on the observed single consumer, which holds
+for models whose data flow does not depend on the input values. Under
 ``torch.inference_mode`` tensors have no version counter; then only activation
-modules observed to run once per pass skip (see :mod:`quantune.clamp_mark`).
+modules observed to run once per pass skip (see :mod:`quantune.activation_mark`).
 
 Chains: when the (activated, possibly zero-padded) output of an integer layer is
 consumed only by another integer layer, the producer's epilogue requantizes straight
@@ -31,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,19 +46,24 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from quantune.clamp_mark import code_zero_point, is_clamped, mark_codes
+from quantune.activation_mark import code_zero_point, mark_codes, take_activation_mark
+from quantune.bn_folding import set_submodule
+from quantune.kernels.epilogue import GELU_FORMS
 from quantune.modules import QuantizedLayer
 
 
-def _bounds_of_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[float, float] | None:
-    """Clamp bounds of an activation call on its first argument, None if it is not one."""
+def _activation_of_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """Epilogue name of an activation call on its first argument, None if it is not one."""
     def arg(i: int, name: str, default: Any) -> Any:
         return args[i] if len(args) > i else kwargs.get(name, default)
 
+    if func in (F.gelu,):
+        approximate = arg(1, "approximate", "none")
+        return next((k for k, v in GELU_FORMS.items() if v == approximate), None)
     if func in (F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_):
-        return 0.0, math.inf
+        return "relu"
     if func in (F.relu6,):
-        return 0.0, 6.0
+        return "relu6"
     if func in (F.hardtanh, F.hardtanh_):
         lo, hi = arg(1, "min_val", -1.0), arg(2, "max_val", 1.0)
     elif func in (torch.clamp, torch.clip, torch.Tensor.clamp, torch.Tensor.clip, torch.Tensor.clamp_):
@@ -63,7 +74,7 @@ def _bounds_of_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dic
         return None  # tensor bounds may change per call
     lo = -math.inf if lo is None else float(lo)
     hi = math.inf if hi is None else float(hi)
-    return (lo, hi) if lo <= hi else None
+    return activation_name((lo, hi)) if lo <= hi else None
 
 
 def activation_name(bounds: tuple[float, float]) -> str:
@@ -76,28 +87,33 @@ def activation_name(bounds: tuple[float, float]) -> str:
     return f"clamp:{lo}:{hi}"
 
 
+def _idempotent(activation: str) -> bool:
+    return activation not in GELU_FORMS
+
+
 @dataclass(frozen=True)
 class _Call:
     """One tensor-producing call that consumed a tracked tensor."""
 
-    bounds: tuple[float, float] | None  # a clamp-like activation applied to the tensor
+    activation: str | None  # the epilogue activation this call applied to the tensor
     layer: str | None  # the quantized layer whose forward made the call
-    activation: str | None  # the activation module whose forward made the call
+    module: str | None  # the activation module whose forward made the call
     pad: str | None = None  # the ZeroPad2d module whose forward padded the tensor
 
 
 class _ConsumerLog(TorchFunctionMode):
     """Notes every tensor-producing call fed by a quantized layer's output.
 
-    Tracked tensors are a layer's output (stage ``out``), the result of a clamp-like
-    activation applied to it (stage ``post``) and of a ``ZeroPad2d`` after either
-    (stage ``padded``).
+    Tracked tensors are a layer's output (stage ``out``), the result of an activation
+    applied to it (stage ``post``) and of a ``ZeroPad2d`` after either (stage ``padded``).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.producers: dict[int, tuple[str, str]] = {}
         self.calls: dict[tuple[str, str], list[_Call]] = {}
+        #: activation module -> the tracked tensor its forward returned (layer, stage).
+        self.returned: dict[str, tuple[str, str] | None] = {}
         self.layer_stack: list[str] = []
         self.activation_stack: list[str] = []
         self.pad_stack: list[str] = []
@@ -117,14 +133,14 @@ class _ConsumerLog(TorchFunctionMode):
             if key is None:
                 continue
             first = bool(args) and args[0] is t
-            bounds = _bounds_of_call(func, args, kwargs) if first else None
+            activation = _activation_of_call(func, args, kwargs) if first else None
             pad = self.pad_stack[-1] if self.pad_stack and first and func is F.pad else None
-            call = _Call(bounds, self.layer_stack[-1] if self.layer_stack else None,
+            call = _Call(activation, self.layer_stack[-1] if self.layer_stack else None,
                          self.activation_stack[-1] if self.activation_stack else None, pad)
             self.calls.setdefault(key, []).append(call)
             if not isinstance(out, torch.Tensor):
                 continue
-            if bounds is not None and key[1] == "out":
+            if activation is not None and key[1] == "out":
                 if out is t:  # in place (ReLU(inplace=True)): the same object continues
                     del self.producers[id(t)]
                 self.produced(out, key[0], "post")
@@ -143,16 +159,28 @@ class FusionPlan:
         chains: layer -> the quantized layer that alone consumes its (activated)
             output, and whether the link holds under ``torch.inference_mode`` (no
             activation between, or a dedicated activation module).
+        wrap: activation modules of types quantune cannot class-swap that must skip
+            (wrapped in :class:`SkippingActivation`) -> their activation.
     """
 
     layers: dict[str, str]
     dedicated: frozenset[str]
     chains: dict[str, tuple[str, bool]]
+    wrap: dict[str, str] = field(default_factory=dict)
 
 
 def _is_activation_module(m: nn.Module) -> bool:
     """Activations that :func:`make_skipping` can teach to skip (exact types only)."""
-    return type(m) in _SKIPPING or isinstance(m, _SkipClamped)
+    return type(m) in _SKIPPING or isinstance(m, (_SkipActivation, SkippingActivation))
+
+
+def _may_be_activation(m: nn.Module) -> bool:
+    """A module whose forward may be a bare activation: a leaf without parameters or buffers."""
+    if _is_activation_module(m):
+        return True
+    if isinstance(m, (QuantizedLayer, nn.Identity, nn.ZeroPad2d)) or next(m.children(), None) is not None:
+        return False
+    return next(m.parameters(recurse=False), None) is None and next(m.buffers(recurse=False), None) is None
 
 
 def find_fusable(model: nn.Module, run: Callable[[], Any]) -> FusionPlan:
@@ -173,11 +201,13 @@ def find_fusable(model: nn.Module, run: Callable[[], Any]) -> FusionPlan:
 
         return fn
 
-    def leave(stack: list[str], name: str | None) -> Callable[..., None]:
+    def leave(stack: list[str], name: str | None, activation: str | None = None) -> Callable[..., None]:
         def fn(mod: nn.Module, inputs: tuple[Any, ...], out: Any) -> None:
             stack.pop()
             if name is not None and isinstance(out, torch.Tensor):
                 log.produced(out, name, "out")
+            if activation is not None:
+                log.returned[activation] = log.producers.get(id(out)) if isinstance(out, torch.Tensor) else None
 
         return fn
 
@@ -186,9 +216,9 @@ def find_fusable(model: nn.Module, run: Callable[[], Any]) -> FusionPlan:
         if isinstance(m, QuantizedLayer):
             handles += [m.register_forward_pre_hook(enter(log.layer_stack, layer_calls, name)),
                         m.register_forward_hook(leave(log.layer_stack, name))]
-        elif _is_activation_module(m):
+        elif _may_be_activation(m):
             handles += [m.register_forward_pre_hook(enter(log.activation_stack, activation_calls, name)),
-                        m.register_forward_hook(leave(log.activation_stack, None))]
+                        m.register_forward_hook(leave(log.activation_stack, None, name))]
         elif type(m) in (nn.ZeroPad2d, CodePaddingZeroPad2d):
             handles += [m.register_forward_pre_hook(enter(log.pad_stack, {}, name)),
                         m.register_forward_hook(leave(log.pad_stack, None))]
@@ -198,19 +228,30 @@ def find_fusable(model: nn.Module, run: Callable[[], Any]) -> FusionPlan:
     finally:
         for h in handles:
             h.remove()
+    modules = dict(model.named_modules())
     dedicated = frozenset(n for n, c in activation_calls.items() if c == 1)
     fused: dict[str, str] = {}
     chains: dict[str, tuple[str, bool]] = {}
+    wrap: dict[str, str] = {}
     for name in layer_calls:
         calls = log.calls.get((name, "out"), [])
         if layer_calls[name] != 1 or len(calls) != 1:
             continue
         call, inference_safe = calls[0], True
-        if call.bounds is not None:
-            fused[name] = activation_name(call.bounds)
-            if call.activation is None:  # a functional clamp cannot skip codes: no chain
+        if call.activation is not None:
+            module = call.module
+            # The module can skip when it is a known activation type, or when its
+            # forward returned exactly this activation's result (it is a bare activation).
+            if module is not None and not _is_activation_module(modules[module]):
+                module = module if log.returned.get(module) == (name, "post") else None
+            if module is None or (not _idempotent(call.activation) and module not in dedicated):
+                if _idempotent(call.activation):
+                    fused[name] = call.activation  # clamping twice is harmless; no chain
                 continue
-            inference_safe = call.activation in dedicated
+            fused[name] = call.activation
+            if not _is_activation_module(modules[module]):
+                wrap[module] = call.activation
+            inference_safe = module in dedicated
             calls = log.calls.get((name, "post"), [])
             if len(calls) != 1:
                 continue
@@ -222,39 +263,71 @@ def find_fusable(model: nn.Module, run: Callable[[], Any]) -> FusionPlan:
             call = calls[0]
         if call.layer not in (None, name) and layer_calls.get(call.layer) == 1:
             chains[name] = (call.layer, inference_safe)
-    return FusionPlan(fused, dedicated, chains)
+    return FusionPlan(fused, dedicated, chains, wrap)
 
 
-class _SkipClamped:
-    """Mixin: skip the activation on a tensor already clamped to this module's bounds."""
+def _skip(module: nn.Module, x: torch.Tensor, activation: str) -> bool:
+    """Whether ``module`` must return ``x`` unchanged (its activation was applied already)."""
+    if take_activation_mark(x, activation, getattr(module, "_quantune_dedicated", False)):
+        return True
+    if x.dtype == torch.uint8:  # chained activation codes reached an activation that must skip them
+        raise RuntimeError("quantune: integer activation codes reached an activation that does not "
+                           "skip them; disable chaining with qmodel.fuse_activations = False and report this")
+    return False
 
-    def _quantune_bounds(self) -> tuple[float, float]:
-        if isinstance(self, nn.Hardtanh):
-            return float(self.min_val), float(self.max_val)
-        return 0.0, math.inf
+
+class _SkipActivation:
+    """Mixin: skip the activation on a tensor that already went through it."""
+
+    def _quantune_activation(self) -> str:
+        if isinstance(self, nn.GELU):
+            return "gelu" if self.approximate == "none" else "gelu_tanh"
+        if isinstance(self, nn.Hardtanh):  # ReLU6 included
+            return activation_name((float(self.min_val), float(self.max_val)))
+        return "relu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if is_clamped(x, self._quantune_bounds(), getattr(self, "_quantune_dedicated", False)):
+        if _skip(self, x, self._quantune_activation()):  # type: ignore[arg-type]
             return x
-        if x.dtype == torch.uint8:  # chained activation codes reached a clamp they must skip
-            raise RuntimeError("quantune: integer activation codes reached an activation that does not "
-                               "skip them; disable chaining with qmodel.fuse_activations = False and report this")
         return super().forward(x)  # type: ignore[misc]
 
 
-class SkippingReLU(_SkipClamped, nn.ReLU):
+class SkippingReLU(_SkipActivation, nn.ReLU):
     """``nn.ReLU`` that returns an input already clamped to ``[0, inf)`` unchanged."""
 
 
-class SkippingReLU6(_SkipClamped, nn.ReLU6):
+class SkippingReLU6(_SkipActivation, nn.ReLU6):
     """``nn.ReLU6`` that returns an input already clamped to ``[0, 6]`` unchanged."""
 
 
-class SkippingHardtanh(_SkipClamped, nn.Hardtanh):
+class SkippingHardtanh(_SkipActivation, nn.Hardtanh):
     """``nn.Hardtanh`` that returns an input already clamped to its bounds unchanged."""
 
 
-_SKIPPING: dict[type, type] = {nn.ReLU: SkippingReLU, nn.ReLU6: SkippingReLU6, nn.Hardtanh: SkippingHardtanh}
+class SkippingGELU(_SkipActivation, nn.GELU):
+    """``nn.GELU`` that returns an input its producer's epilogue already passed through GELU."""
+
+
+_SKIPPING: dict[type, type] = {nn.ReLU: SkippingReLU, nn.ReLU6: SkippingReLU6, nn.Hardtanh: SkippingHardtanh,
+                               nn.GELU: SkippingGELU}
+
+
+class SkippingActivation(nn.Module):
+    """Wraps an activation module of a foreign type (observed to compute exactly
+    ``activation`` on its input) so it returns an input that went through it already."""
+
+    def __init__(self, inner: nn.Module, activation: str) -> None:
+        super().__init__()
+        self.inner = inner
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _skip(self, x, self.activation):
+            return x
+        return self.inner.forward(x)  # not __call__: the inner module is invisible to hooks
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}"
 
 
 class CodePaddingZeroPad2d(nn.ZeroPad2d):
@@ -269,12 +342,12 @@ class CodePaddingZeroPad2d(nn.ZeroPad2d):
 
 
 def make_skipping(module: nn.Module) -> bool:
-    """Let a ReLU / ReLU6 / Hardtanh module skip already-clamped inputs (state unchanged).
+    """Let a ReLU / ReLU6 / Hardtanh / GELU module skip inputs already activated (state unchanged).
 
     The module's class becomes a subclass of its own class, so ``isinstance`` checks
     and its state dict stay as they were. Returns False for other modules.
     """
-    if isinstance(module, _SkipClamped):
+    if isinstance(module, (_SkipActivation, SkippingActivation)):
         return True
     cls = _SKIPPING.get(type(module))
     if cls is None:
@@ -287,11 +360,13 @@ def apply_fusion(model: nn.Module, plan: FusionPlan) -> list[str]:
     """Set each fused layer's epilogue activation; teach activation modules to skip.
 
     Returns:
-        The activation modules that now skip already-clamped inputs.
+        The activation modules that now skip already-activated inputs.
     """
     for name, module in model.named_modules():
         if isinstance(module, QuantizedLayer):
             module.fused_activation = plan.layers.get(name)
+    for name, activation in plan.wrap.items():
+        set_submodule(model, name, SkippingActivation(model.get_submodule(name), activation))
     skipping = []
     if plan.layers or plan.chains:
         for name, module in model.named_modules():
@@ -330,4 +405,7 @@ def apply_chains(model: nn.Module, plan: FusionPlan) -> dict[str, str]:
     return made
 
 
-__all__ = ["FusionPlan", "apply_chains", "activation_name", "apply_fusion", "find_fusable", "make_skipping"]
+__all__ = [
+    "FusionPlan", "SkippingActivation", "activation_name", "apply_chains", "apply_fusion", "find_fusable",
+    "make_skipping",
+]

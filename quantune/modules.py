@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantune import kernels
-from quantune.clamp_mark import mark_clamped, mark_codes
+from quantune.activation_mark import mark_activated, mark_codes
 from quantune.config import ActQuant, LayerQuantConfig, WeightQuant
 from quantune.errors import UserInputError
 from quantune.kernels.decide import DECISION_CACHE, PathDecision, measure_paths
 from quantune.kernels.dispatch import selected_backend
-from quantune.kernels.epilogue import clamp_bounds
+from quantune.kernels.epilogue import apply_activation
 from quantune.kernels.onednn_pack import needs_split
 from quantune.kernels.quantize_input import quantize_to_uint8
 from quantune.kernels.weights import QuantizedWeight
@@ -248,8 +248,7 @@ class QuantizedLayer(nn.Module):
             # Measured faster: the simulated computation in float (same codes, float
             # accumulation), for a layer too small for the integer kernel to pay off.
             y = self._float_op(self.fake_quant_input(x), self._float_weight()).to(out_dtype)
-            if activation is not None:
-                y = y.clamp_(*clamp_bounds(activation))  # type: ignore[misc]
+            y = apply_activation(y, activation, inplace=True)
         else:
             qx, zx = (x, self._act_params()[1]) if chained_in else self.quantize_input_u8(x)
             target = self._live_chain_target()
@@ -260,7 +259,7 @@ class QuantizedLayer(nn.Module):
             else:
                 y = self._run_integer(qx, sx, zx, qw, out_dtype, activation)
         if activation is not None:
-            mark_clamped(y, clamp_bounds(activation))  # type: ignore[arg-type]
+            mark_activated(y, activation)
         return y
 
     def _live_chain_target(self) -> QuantizedLayer | None:

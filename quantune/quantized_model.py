@@ -42,7 +42,7 @@ class QuantizedModel(nn.Module):
         self.bn_pairs = bn_pairs
         self.unsupported = unsupported
         self.float_size_bytes = float_size_bytes
-        #: Integer mode fuses ReLU / ReLU6 / clamp into the layer before and chains
+        #: Integer mode fuses ReLU / ReLU6 / clamp / GELU into the layer before and chains
         #: integer layers (codes handed on, no quantize pass; see
         #: :mod:`quantune.activation_fusion`); planned on the first integer forward.
         self.fuse_activations = True

@@ -2,7 +2,7 @@
 
 Every op takes integer activation codes (with their scale and zero point) and a
 :class:`QuantizedWeight`, accumulates in int32 and runs the fused epilogue
-(dequantize, bias, ReLU / ReLU6 / clamp, fp32 / bf16 out or requantized 8-bit out).
+(dequantize, bias, ReLU / ReLU6 / clamp / GELU, fp32 / bf16 out or requantized 8-bit out).
 The ``reference`` backend is pure torch with exact integer semantics and is the oracle
 every fast backend must match (int32 accumulators bit-exactly, outputs to float
 rounding). ``backend="auto"`` picks the fastest registered backend that supports the

@@ -3,7 +3,7 @@
 Chosen by measurement among what torch offers on x86 (``benchmarks/gemm.py`` keeps the
 comparison): ``onednn::qlinear_pointwise`` / ``qconv2d_pointwise`` run u8 x s8 -> s32
 with the whole epilogue fused (activation zero point via oneDNN's precomputed weight
-compensation, per-channel dequantize, bias, ReLU / hardtanh clamp, fp32 or requantized
+compensation, per-channel dequantize, bias, ReLU / hardtanh clamp / GELU, fp32 or requantized
 8-bit output). ``torch._int_mm`` (s8 x s8) measured 4-20x *slower* than fp32 on an
 AVX2 machine and is not used; fbgemm's ``quantized::linear`` matches oneDNN but needs
 quantized-tensor wrappers per call.
@@ -19,21 +19,31 @@ import torch
 
 from quantune.kernels import cpu_caps
 from quantune.kernels.dispatch import Backend, register_backend
-from quantune.kernels.epilogue import Epilogue, clamp_bounds, requantize
+from quantune.kernels.epilogue import (
+    GELU_FORMS,
+    Epilogue,
+    apply_activation,
+    clamp_bounds,
+    requantize,
+)
 from quantune.kernels.onednn_pack import can_pack, conv_pack, linear_pack
 from quantune.kernels.weights import QuantizedWeight
 
 NAME = "onednn"
 
 
-def _post_op(activation: str | None) -> tuple[str, list]:
+def _post_op(activation: str | None) -> tuple[str, list, str]:
+    """oneDNN post-op (name, scalars, algorithm) of an epilogue activation."""
+    approximate = GELU_FORMS.get(activation or "")
+    if approximate is not None:
+        return "gelu", [], approximate
     bounds = clamp_bounds(activation)
     if bounds is None:
-        return "none", []
+        return "none", [], ""
     lo, hi = bounds
     if lo == 0.0 and hi == float("inf"):
-        return "relu", []
-    return "hardtanh", [lo, hi]
+        return "relu", [], ""
+    return "hardtanh", [lo, hi], ""
 
 
 def _unsigned(qx: torch.Tensor, x_zero_point: int) -> tuple[torch.Tensor, int]:
@@ -56,11 +66,10 @@ def _finish(y: torch.Tensor, epi: Epilogue) -> torch.Tensor:
     return y.to(epi.out_dtype) if y.dtype != epi.out_dtype else y
 
 
-def _split_finish(y: torch.Tensor, epi: Epilogue, clamp_left: bool) -> torch.Tensor:
-    """Finish the split path: a clamp oneDNN could not fuse, then the output dtype."""
-    if clamp_left:
-        lo, hi = clamp_bounds(epi.activation)  # type: ignore[misc]
-        y = y.clamp_(lo, hi)
+def _split_finish(y: torch.Tensor, epi: Epilogue, activation_left: bool) -> torch.Tensor:
+    """Finish the split path: an activation oneDNN could not fuse, then the output dtype."""
+    if activation_left:
+        y = apply_activation(y, epi.activation, inplace=True)
     return requantize(y, epi) if epi.requantize else _finish(y, epi)
 
 
@@ -80,12 +89,12 @@ def linear(qx, x_scale, x_zero_point, weight, bias, epi: Epilogue) -> torch.Tens
     qx, zx = _unsigned(qx, x_zero_point)
     qx = qx.contiguous()
     pack = linear_pack(weight)
-    name, args = _post_op(epi.activation)
+    name, args, algorithm = _post_op(epi.activation)
     out_scale, out_zp, out_dtype = _out_args(epi)
     if pack.extra is None:
         y = torch.ops.onednn.qlinear_pointwise(
             qx, x_scale, zx, pack.main, pack.w_scale, pack.w_zero_point, bias,
-            out_scale, out_zp, out_dtype, name, args, "",
+            out_scale, out_zp, out_dtype, name, args, algorithm,
         )
         return _finish(y, epi)
     # Saturating CPU, split weight: extra part first (fp32, no bias), then the main
@@ -94,7 +103,7 @@ def linear(qx, x_scale, x_zero_point, weight, bias, epi: Epilogue) -> torch.Tens
         qx, x_scale, zx, pack.extra, pack.w_scale, pack.w_zero_point, None,
         1.0, 0, torch.float32, "none", [], "",
     )
-    fused = name if name in ("none", "relu") else "none"  # binary + hardtanh: unsupported
+    fused = name if name in ("none", "relu") else "none"  # binary + hardtanh / gelu: unsupported
     y = torch.ops.onednn.qlinear_pointwise.binary(
         qx, x_scale, zx, pack.main, pack.w_scale, pack.w_zero_point, y_extra, bias,
         1.0, 0, torch.float32, 1.0, 0, "add", 1.0, fused, [], "",
@@ -107,15 +116,21 @@ def conv2d(qx, x_scale, x_zero_point, weight, bias, stride, padding, dilation, g
     """Fused integer conv2d on oneDNN; channels-last in, channels-last out."""
     qx, zx = _unsigned(qx, x_zero_point)
     pack = conv_pack(weight, x_scale, zx, stride, padding, dilation, groups)
-    name, args = _post_op(epi.activation)
+    name, args, algorithm = _post_op(epi.activation)
     out_scale, out_zp, out_dtype = _out_args(epi)
     geometry = (list(stride), list(padding), list(dilation), groups)
-    if pack.extra is None:
+    if pack.extra is None and name != "gelu":
         y = torch.ops.onednn.qconv2d_pointwise(
             qx, x_scale, zx, pack.main, pack.w_scale, pack.w_zero_point, bias, *geometry,
-            out_scale, out_zp, out_dtype, name, args, "",
+            out_scale, out_zp, out_dtype, name, args, algorithm,
         )
         return _finish(y, epi)
+    if pack.extra is None:  # oneDNN's int8 conv has no GELU post-op: float output, GELU after
+        y = torch.ops.onednn.qconv2d_pointwise(
+            qx, x_scale, zx, pack.main, pack.w_scale, pack.w_zero_point, bias, *geometry,
+            1.0, 0, torch.float32, "none", [], "",
+        )
+        return _split_finish(y, epi, True)
     accum = torch.ops.onednn.qconv2d_pointwise(
         qx, x_scale, zx, pack.extra, pack.w_scale, pack.w_zero_point, None, *geometry,
         1.0, 0, torch.float32, "none", [], "",

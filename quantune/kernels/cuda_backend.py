@@ -3,6 +3,7 @@
 Registered only when CUDA is available and Triton imports. Linear runs the kernel
 directly; conv2d / conv1d (groups=1) are lowered to the same GEMM with an im2col over
 the uint8 codes, padded with the activation zero point so padding adds exactly zero.
+The kernel fuses ReLU / ReLU6 / clamp; a GELU epilogue runs after it in torch.
 
 Untested on a GPU at the time of writing: the GPU tests (``-m gpu``) check it against
 the reference on the first machine that has one.
@@ -16,7 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from quantune.kernels.dispatch import Backend, register_backend
-from quantune.kernels.epilogue import Epilogue, clamp_bounds
+from quantune.kernels.epilogue import (
+    GELU_FORMS,
+    Epilogue,
+    apply_activation,
+    clamp_bounds,
+    requantize,
+)
 from quantune.kernels.onednn_pack import centred_codes
 from quantune.kernels.packing import pack_codes, storage_bits
 from quantune.kernels.weights import QuantizedWeight
@@ -69,6 +76,11 @@ def linear(qx, x_scale, x_zero_point, weight, bias, epi: Epilogue) -> torch.Tens
     """Fused integer linear on the Triton kernel."""
     from quantune.kernels import triton_gemm
 
+    if epi.activation in GELU_FORMS:
+        # The kernel fuses the clamp family only: GELU runs on its float output.
+        y = linear(qx, x_scale, x_zero_point, weight, bias, Epilogue(None, torch.float32))
+        y = apply_activation(y, epi.activation)
+        return requantize(y, epi) if epi.requantize else y.to(epi.out_dtype)
     qx, zx = _unsigned(qx, x_zero_point)
     lead = qx.shape[:-1]
     x2 = qx.reshape(-1, qx.shape[-1]).contiguous()

@@ -26,7 +26,7 @@ import torch
 
 from quantune.kernels import cpu_caps
 from quantune.kernels.dispatch import Backend, register_backend
-from quantune.kernels.epilogue import Epilogue, clamp_bounds, requantize
+from quantune.kernels.epilogue import Epilogue, apply_activation, requantize
 from quantune.kernels.onednn_pack import centred_codes
 from quantune.kernels.weights import QuantizedWeight
 
@@ -110,9 +110,7 @@ def linear(qx, x_scale, x_zero_point, weight, bias, epi: Epilogue) -> torch.Tens
     y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x, x_scale, x_zero_point, _packed(weight))
     if bias is not None:
         y = y.add_(bias)
-    bounds = clamp_bounds(epi.activation)
-    if bounds is not None:
-        y = y.clamp_(*bounds)
+    y = apply_activation(y, epi.activation, inplace=True)
     y = y.reshape(*lead, y.shape[-1])
     if epi.requantize:
         return requantize(y, epi)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from quantune.kernels.epilogue import Epilogue, clamp_bounds, requantize
+from quantune.kernels.epilogue import Epilogue, apply_activation, requantize
 from quantune.kernels.weights import QuantizedWeight
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
@@ -113,12 +113,3 @@ def apply_epilogue(
         y = y + bias.to(torch.float32).reshape(shape)
     y = apply_activation(y, activation)
     return requantize(y, epi) if epi.requantize else y.to(out_dtype)
-
-
-def apply_activation(y: torch.Tensor, activation: str | None) -> torch.Tensor:
-    """The epilogue's activations: None, ``relu``, ``relu6`` or ``clamp:<lo>:<hi>``."""
-    bounds = clamp_bounds(activation)
-    if bounds is None:
-        return y
-    lo, hi = bounds
-    return torch.relu(y) if hi == float("inf") and lo == 0.0 else torch.clamp(y, lo, hi)

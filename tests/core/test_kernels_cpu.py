@@ -74,7 +74,7 @@ def test_asymmetric_8bit_weights_fall_back_to_reference():
     assert kernels.dispatch.selected_backend("linear", _acts((2, 16)), w) == "reference"
 
 
-@pytest.mark.parametrize("act", [None, "relu", "relu6", "clamp:-0.5:0.75"])
+@pytest.mark.parametrize("act", [None, "relu", "relu6", "clamp:-0.5:0.75", "gelu", "gelu_tanh"])
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.uint8, torch.int8])
 @pytest.mark.parametrize("shape", [(1, 7, 5), (17, 64, 33), (3, 4, 2, 96, 40)])
 def test_linear_epilogue_matches_reference(act, out_dtype, shape):
@@ -114,7 +114,7 @@ def test_conv2d_accumulators_bit_exact(case, bits):
     assert torch.equal(out, ref)
 
 
-@pytest.mark.parametrize("act", [None, "relu", "relu6"])
+@pytest.mark.parametrize("act", [None, "relu", "relu6", "gelu"])
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.uint8])
 def test_conv2d_epilogue_matches_reference(act, out_dtype):
     w = _weight((8, 6, 3, 3), 8)

@@ -36,7 +36,7 @@ def test_accumulators_match_the_oracle_exactly(m: int, k: int, n: int, bits: int
     assert torch.allclose(got, want, rtol=1e-6, atol=1e-3)
 
 
-@pytest.mark.parametrize("activation", [None, "relu", "relu6", "clamp:-0.5:0.75"])
+@pytest.mark.parametrize("activation", [None, "relu", "relu6", "clamp:-0.5:0.75", "gelu"])
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.uint8])
 def test_epilogue_matches_the_oracle(activation: str | None, out_dtype: torch.dtype) -> None:
     qx, w = _codes((2, 5, 96), seed=3), _weight(40, 96, 7, seed=4)

@@ -40,7 +40,7 @@ def test_accumulators_bit_exact(shape, bits):
     assert torch.equal(out, ref)  # |acc| < 2^24 here, so fp32 holds it exactly
 
 
-@pytest.mark.parametrize("act", [None, "relu", "relu6", "clamp:-0.5:0.75"])
+@pytest.mark.parametrize("act", [None, "relu", "relu6", "clamp:-0.5:0.75", "gelu"])
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.uint8, torch.int8])
 def test_epilogue_matches_reference(act, out_dtype):
     w = _weight(48, 96, 8)

@@ -97,7 +97,7 @@ shapes = st.tuples(st.integers(1, 9), st.integers(1, 70), st.integers(1, 40))
 
 @SETTINGS
 @given(shape=shapes, bits=st.sampled_from([8, 4, 2]), per_channel=st.booleans(), asym=st.booleans(),
-       x_zp=st.integers(0, 255), x_scale=st.floats(1e-3, 1.0), act=st.sampled_from([None, "relu", "relu6"]),
+       x_zp=st.integers(0, 255), x_scale=st.floats(1e-3, 1.0), act=st.sampled_from([None, "relu", "relu6", "gelu", "gelu_tanh"]),
        seed=st.integers(0, 2**16))
 def test_linear_auto_matches_reference(shape, bits, per_channel, asym, x_zp, x_scale, act, seed) -> None:
     m, k, n = shape
