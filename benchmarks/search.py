@@ -54,6 +54,16 @@ BREVITAS_CONFIG_COLUMNS = (
     "Act quant percentile", "Calibration size", "Calibration batch size",
 )
 BREVITAS_METRIC = "Top 1% quant accuracy"
+# Priors a quantization engineer states before any trial (values least to most precise;
+# None: numeric ascending): more weight bits, float scales over powers of two, a 32-bit
+# bias over a 16-bit one, per-channel over per-tensor weight scales. Dimensions whose
+# direction depends on the model (percentile, GPTQ act order, backend) get none.
+BREVITAS_PRIORS: dict[str, tuple[Any, ...] | None] = {
+    "Weight bit width": None,
+    "Scale factor type": ("po2", "float32"),
+    "Bias bit width": ("int16", "int32"),
+    "Scaling per output channel": (False, True),
+}
 # Public figures of the torchvision models (params, MACs at 224x224, conv/linear count,
 # share of depthwise convolutions): the model descriptors used by transfer.
 BREVITAS_DESCRIPTORS = {
@@ -89,8 +99,13 @@ def load_brevitas_landscapes(path: Path) -> list[Landscape]:
             by_model.setdefault(row["Model name"], []).append(
                 (config, float(row[BREVITAS_METRIC]))
             )
+    from quantune.search.space import SearchSpace
+
     return [
-        Landscape.from_results(name, rows, BREVITAS_DESCRIPTORS.get(name))
+        Landscape.from_results(
+            name, rows, BREVITAS_DESCRIPTORS.get(name),
+            space=SearchSpace.from_candidates([c for c, _ in rows], priors=BREVITAS_PRIORS),
+        )
         for name, rows in sorted(by_model.items())
     ]
 

@@ -41,7 +41,18 @@ DEFAULT_DIMENSIONS: dict[str, tuple[Any, ...]] = {
     "calib_samples": (None,),
     "float_fallback": (0,),
 }
-ORDINAL = {"w_bits", "a_bits", "float_fallback"}
+# Ordered dimensions with the prior "the metric does not fall towards the end of this
+# order" (values least to most precise; None: numbers ascending). The xgboost sampler
+# constrains its cost model to them (see quantune.search.dimension.Dimension.monotone).
+# Calibration steps (bias correction, GPTQ, AdaQuant) and range methods get no prior:
+# which helps is model-specific.
+PRIORS: dict[str, tuple[Any, ...] | None] = {
+    "w_bits": None,
+    "a_bits": None,
+    "float_fallback": None,
+    "w_granularity": ("per_tensor", "per_channel"),
+    "first_last_8bit": (False, True),
+}
 DEFAULTS: dict[str, Any] = {
     "w_bits": 8,
     "a_bits": 8,
@@ -75,7 +86,7 @@ def ptq_space(dimensions: Mapping[str, Sequence[Any]] | None = None, *, bit_budg
         bit_budget: the user gave a bit budget: per-layer weight widths come from the
             ``bit_policy`` dimension (default ``ilp`` and ``uniform``), not from ``w_bits``.
     """
-    from quantune.search.space import SearchSpace, categorical, ordinal
+    from quantune.search.space import SearchSpace, categorical, prior_ordinal
     from quantune.tune_bits import BIT_POLICIES, DEFAULT_BUDGET_POLICIES
 
     user_dims = dict(dimensions or {})
@@ -103,7 +114,7 @@ def ptq_space(dimensions: Mapping[str, Sequence[Any]] | None = None, *, bit_budg
         values = tuple(values)
         if not values:
             raise UserInputError(f"Search dimension {name!r} has no values.")
-        out.append(ordinal(name, values) if name in ORDINAL else categorical(name, values))
+        out.append(prior_ordinal(name, values, PRIORS[name]) if name in PRIORS else categorical(name, values))
     return SearchSpace(out)
 
 

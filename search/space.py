@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from quantune.errors import UserInputError
-from quantune.search.dimension import Dimension, categorical, is_number, ordinal
+from quantune.search.dimension import Dimension, categorical, is_number, ordinal, prior_ordinal
 
-__all__ = ["Config", "Dimension", "SearchSpace", "categorical", "config_key", "ordinal"]
+__all__ = ["Config", "Dimension", "SearchSpace", "categorical", "config_key", "ordinal", "prior_ordinal"]
 
 Config = dict[str, Any]
 
@@ -81,12 +81,19 @@ class SearchSpace:
         cls,
         candidates: Sequence[Mapping[str, Any]],
         ordinal_names: Iterable[str] | None = None,
+        priors: Mapping[str, Sequence[Any] | None] | None = None,
     ) -> SearchSpace:
         """Build a space that is exactly ``candidates``, inferring its dimensions.
 
         A dimension's values are those seen in the candidates, sorted when they are all
         numbers. A dimension is ordinal when named in ``ordinal_names``, or, when
         ``ordinal_names`` is None, when all of its values are numbers.
+
+        Args:
+            priors: name -> values from least to most precise (None: a numeric
+                dimension's own ascending order). Each named dimension becomes ordinal in
+                that order with a ``monotone=+1`` prior; its values seen in the
+                candidates must all be listed.
         """
         if not candidates:
             raise UserInputError("an explicit candidate list must not be empty")
@@ -104,6 +111,9 @@ class SearchSpace:
             if all_numbers:
                 values.sort()
             is_ordinal = all_numbers if wanted is None else name in wanted
+            if priors is not None and name in priors:
+                dims.append(prior_ordinal(name, values, priors[name]))
+                continue
             dims.append(Dimension(name, tuple(values), "ordinal" if is_ordinal else "categorical"))
         return cls(dims, candidates)
 
