@@ -48,7 +48,7 @@ def test_requantized_output_rounds_and_clamps():
     assert out.flatten().tolist() == [0, 1, 3, 127]
 
 
-@pytest.mark.parametrize("bad", [dict(activation="gelu"), dict(activation="clamp:2:1"),
+@pytest.mark.parametrize("bad", [dict(activation="swish"), dict(activation="clamp:2:1"),
                                  dict(out_dtype=torch.int32), dict(out_dtype=torch.uint8, out_zero_point=300),
                                  dict(out_dtype=torch.int8, out_scale=0.0)])
 def test_epilogue_validation(bad):
