@@ -62,9 +62,11 @@ class AllocationOptions:
         monotone: Never let fewer bits look better than more (removes measurement noise).
         hessian_probes: Hutchinson probes per batch for the ``hessian`` proxy.
         refine: ``ilp`` policy: measure the loss of this many allocations of least
-            predicted loss (the optimum and its runners-up) and keep the best measured
-            (see :mod:`quantune.search.allocation_refine`); ``0`` or ``1`` trusts the
-            prediction.
+            predicted loss (the optimum and its runners-up) and keep the optimum unless
+            one measures significantly better (see
+            :mod:`quantune.search.allocation_refine`); ``0`` or ``1`` trusts the prediction.
+        refine_z: Paired z-score an alternative must beat the optimum by (default 2;
+            0: the least measured loss wins however small the difference).
         context_bits: ``loss`` proxy: measure each layer with every other layer's weights
             at this width instead of float (the table linearized near the budget; see
             :func:`~quantune.search.sensitivity.measure_sensitivity`).
@@ -92,6 +94,7 @@ class AllocationOptions:
     hessian_probes: int = 4
     context_bits: int | None = None
     refine: int = 4
+    refine_z: float = 2.0
     solver_time_limit_s: float = 60.0
     show_progress: bool = True
 
@@ -213,7 +216,7 @@ def allocate_bits(
     loss_name = resolved_loss(prepared, batches, options.loss)
     measured = measured_losses(prepared, alternatives, options.base_config, batches, loss_name,
                                options.show_progress)
-    result, refinement = choose_measured(alternatives, measured, loss_name)
+    result, refinement = choose_measured(alternatives, measured, loss_name, options.refine_z)
     return with_measurement(result, table, refinement)
 
 

@@ -1,8 +1,9 @@
 """The losses a sensitivity measures: task loss with labels, fidelity to FP32 without.
 
-Every loss maps ``(outputs, reference outputs, batch)`` to a scalar tensor averaged over
-the batch, so it is differentiable (the Hessian proxy needs that) and comparable across
-batches of different sizes. Losses are computed in float64: sensitivities are small
+Every loss maps ``(outputs, reference outputs, batch)`` to per-sample losses ``[N]``
+(:func:`per_sample_loss_function`; a token-level output averages its tokens) or to their
+mean over the batch (:func:`loss_function`), which is differentiable (the Hessian proxy
+needs that) and comparable across batches of different sizes. Losses are computed in float64: sensitivities are small
 differences of losses, and a confident classifier's softmax saturates to exactly 1 in
 float32, which would zero its Hessian.
 
@@ -20,6 +21,7 @@ when the outputs are unit-norm rows (an embedding model), else ``kl``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -55,31 +57,39 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]) if x.dim() > 1 else x.reshape(1, -1)
 
 
+def _per_sample(rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Row losses ``[R]`` -> per-sample means ``[N]`` (a token-level output has ``N * T`` rows)."""
+    n = out.shape[0] if out.dim() > 1 else 1
+    return rows.reshape(n, -1).mean(dim=1)
+
+
 def _ce(out: torch.Tensor, ref: torch.Tensor, batch: Any) -> torch.Tensor:
     labels = batch_labels(batch)
     assert labels is not None  # resolve_loss checked it
-    return F.cross_entropy(out.double(), labels.long())
+    return F.cross_entropy(out.double(), labels.long(), reduction="none")
 
 
 def _kl(out: torch.Tensor, ref: torch.Tensor, batch: Any) -> torch.Tensor:
     log_p = F.log_softmax(_rows(ref).double(), dim=-1)
     log_q = F.log_softmax(_rows(out).double(), dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean()
+    return _per_sample((log_p.exp() * (log_p - log_q)).sum(dim=-1), out)
 
 
 def _top1_ce(out: torch.Tensor, ref: torch.Tensor, batch: Any) -> torch.Tensor:
-    return F.cross_entropy(_rows(out).double(), _rows(ref).argmax(dim=-1))
+    return _per_sample(F.cross_entropy(_rows(out).double(), _rows(ref).argmax(dim=-1), reduction="none"), out)
 
 
 def _cosine(out: torch.Tensor, ref: torch.Tensor, batch: Any) -> torch.Tensor:
-    return (1.0 - F.cosine_similarity(_rows(out).double(), _rows(ref).double(), dim=-1, eps=1e-12)).mean()
+    cos = F.cosine_similarity(_rows(out).double(), _rows(ref).double(), dim=-1, eps=1e-12)
+    return _per_sample(1.0 - cos, out)
 
 
 def _mse(out: torch.Tensor, ref: torch.Tensor, batch: Any) -> torch.Tensor:
-    return F.mse_loss(out.double(), ref.double())
+    return _per_sample(((out.double() - ref.double()) ** 2).reshape(-1), out)
 
 
-_FUNCTIONS: dict[str, LossFn] = {"ce": _ce, "kl": _kl, "top1-ce": _top1_ce, "cosine": _cosine, "mse": _mse}
+#: Per-sample losses ``[N]``; the loss of a batch is their mean.
+_PER_SAMPLE: dict[str, LossFn] = {"ce": _ce, "kl": _kl, "top1-ce": _top1_ce, "cosine": _cosine, "mse": _mse}
 
 
 def _labels_fit(out: torch.Tensor, batch: Any) -> bool:
@@ -110,6 +120,16 @@ def resolve_loss(name: str, out: torch.Tensor, batch: Any) -> str:
     return "kl" if rows.shape[-1] > 1 else "mse"
 
 
+def _batch_mean(per_sample: LossFn, out: torch.Tensor, ref: torch.Tensor, batch: Any) -> torch.Tensor:
+    return per_sample(out, ref, batch).mean()
+
+
 def loss_function(name: str) -> LossFn:
-    """The function of a concrete loss name (not ``auto``)."""
-    return _FUNCTIONS[name]
+    """The batch-mean loss of a concrete loss name (not ``auto``): a scalar tensor."""
+    return functools.partial(_batch_mean, _PER_SAMPLE[name])
+
+
+def per_sample_loss_function(name: str) -> LossFn:
+    """The per-sample losses ``[N]`` of a concrete loss name: what paired comparisons of
+    two models on the same samples need (see :mod:`quantune.search.allocation_refine`)."""
+    return _PER_SAMPLE[name]

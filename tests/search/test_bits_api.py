@@ -100,12 +100,15 @@ def test_refine_keeps_the_alternative_of_least_measured_loss(example) -> None:
     from quantune.search.allocation import ilp_alternatives
 
     model, _, _, prepared = example
-    options = FAST.replace(refine=4, proxy="loss")
+    options = FAST.replace(refine=4, proxy="loss", refine_z=0.0)
     refined = allocate_bits(prepared, budget="avg-bits=3", options=options)
     info = refined.measurement["refine"]
-    assert info["loss"] == "ce" and len(info["measured"]) == 4
+    assert info["loss"] == "ce" and len(info["measured"]) == 4 and len(info["z_scores"]) == 4
     assert info["predicted"] == sorted(info["predicted"])
     assert info["chosen"] == min(range(4), key=lambda i: info["measured"][i])
+    gated = allocate_bits(prepared, budget="avg-bits=3", options=options.replace(refine_z=2.0)).measurement["refine"]
+    eligible = [0] + [i for i in range(1, 4) if gated["z_scores"][i] < -2.0]
+    assert gated["chosen"] == min(eligible, key=lambda i: gated["measured"][i])
     alternatives = ilp_alternatives(refined.sensitivity.layer_specs(
         [(i.name, i.weight_elements, i.macs) for i in prepared.layers]), "avg-bits=3", count=4)
     assert refined.bits == alternatives[info["chosen"]].bits
@@ -131,7 +134,7 @@ def test_refine_measures_nothing_when_the_budget_admits_one_allocation(example, 
     # Every layer but one pinned, and the budget leaves that one a single width.
     pins = {n: 2 for n in names[1:]}
     called = []
-    monkeypatch.setattr(bits_api, "measured_losses", lambda *a, **k: called.append(1) or [0.0] * 4)
+    monkeypatch.setattr(bits_api, "measured_losses", lambda *a, **k: called.append(1))
     only = allocate_bits(prepared, budget="avg-bits=2", pins=pins, options=options)
     assert not called and "refine" not in only.measurement
     assert {w for w, _ in only.bits.values()} == {2}
