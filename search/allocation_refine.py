@@ -5,9 +5,8 @@ sensitivities. Layer errors do not add exactly (they compound through the networ
 cancel), so the predicted optimum and its runners-up, close in prediction, can differ in
 fact. With ``refine=k`` the k allocations of least predicted loss are each quantized
 (calibrated as the sensitivities were: range calibration, and parallel GPTQ when the
-procedure has it) and their real loss is
-measured on the sensitivity samples. That costs k model evaluations, against one per
-layer and cell for the table itself.
+procedure has it) and their real loss is measured on the sensitivity samples. That
+costs k model evaluations, against one per layer and cell for the table itself.
 
 Those samples are few (a calibration set), so a measured difference may be noise: on
 EfficientNet-Lite0 at 4 average bits the alternative of least loss on 16 calibration
@@ -21,6 +20,7 @@ wins). Among significant ones the least measured loss wins.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,8 +65,10 @@ class Refinement:
     z: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        # A difference without spread has an infinite z-score: strict JSON has no infinity.
+        z_scores = [z if math.isfinite(z) else ("-inf" if z < 0 else "inf") for z in self.z_scores]
         return {"chosen": self.chosen, "predicted": list(self.predicted), "measured": list(self.measured),
-                "loss": self.loss, "z_scores": list(self.z_scores), "z": self.z}
+                "loss": self.loss, "z_scores": z_scores, "z": self.z}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@ it is better on the same samples by more than noise."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -46,6 +47,8 @@ def test_paired_z_scores() -> None:
     assert z[1] == -np.inf  # every sample lower by the same amount: certain
     assert z[3] == pytest.approx(0.0)  # +-0.1 around the same mean
     assert np.all(paired_z_scores(rows[:, :1]) == 0.0)  # one sample: no standard error
+    _, info = choose_measured(_alternatives(4), MeasuredLosses([0.0, -1.0, 0.0, 0.0], rows), "kl")
+    assert info.chosen == 1 and json.loads(json.dumps(info.to_dict()))["z_scores"][1] == "-inf"
 
 
 @pytest.mark.parametrize("name", ["kl", "top1-ce", "cosine", "mse"])
