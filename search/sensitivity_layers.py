@@ -6,14 +6,17 @@ from :meth:`quantune.prepare.PreparedModel.quantize` itself, so their weight ran
 activation ranges are calibrated exactly as the final model's will be: the base
 configuration's range methods, granularity and scheme, only the widths replaced.
 
-A layer is probed after its own calibration: range calibration, and GPTQ rounding when
-the base procedure has it, run in parallel mode (each layer against the float model's
-inputs, as it sees them when it alone is quantized). GPTQ changes which layers are
-sensitive: it rescues exactly the layers whose errors nearest rounding leaves to chance
-(depthwise kernels on near-constant inputs), so a table measured without it misranks
-them for a GPTQ-calibrated model. Whole-model steps (AdaQuant, bias correction, BN
-re-estimation) are left out: they act on the model at once, and running them per cell
-would cost one full calibration per layer and width.
+Data-driven procedure steps (AdaQuant, bias correction, BN re-estimation) are left out:
+they act on the whole model at once, and running them per cell would cost one full
+calibration per layer and width. The table thus ranks layers by their sensitivity
+after range calibration, which is what the allocator needs.
+
+Probing with the procedure's GPTQ too (parallel mode, each layer against float inputs)
+was measured and not kept: on the allocation benchmark with a GPTQ procedure it moved
+EfficientNet-Lite0's ilp agreement by -0.21 to +0.10 across budgets (sum over six budgets
+4.00 -> 3.81) and MiniLM-L6's mean cosine by -0.005 to +0.005, within the noise of the
+evaluation sets, at several times the measuring cost (JSON:
+``benchmarks/out/allocation_gptqprobe_*``).
 """
 
 from __future__ import annotations
@@ -46,20 +49,10 @@ def range_only(procedure: CalibrationProcedure) -> CalibrationProcedure:
     return CalibrationProcedure(max_samples=procedure.max_samples, seed=procedure.seed)
 
 
-def probe_procedure(procedure: CalibrationProcedure) -> CalibrationProcedure:
-    """What a one-layer probe calibrates: range calibration, plus the procedure's GPTQ
-    (same damping and order) in parallel mode, each layer against float inputs."""
-    probe = range_only(procedure)
-    if not procedure.gptq:
-        return probe
-    return dataclasses.replace(probe, gptq=True, gptq_damp=procedure.gptq_damp,
-                               gptq_act_order=procedure.gptq_act_order, gptq_sequential=False)
-
-
 def cell_config(base: QuantConfig, names: Iterable[str], cell: Cell) -> QuantConfig:
-    """Every named layer at the cell's widths, calibrated as a probe (:func:`probe_procedure`)."""
+    """Every named layer at the cell's widths; only range calibration in the procedure."""
     overrides = tuple((n, cell_layer_config(base.for_layer(n), cell)) for n in names)
-    return QuantConfig(default=None, overrides=overrides, procedure=probe_procedure(base.procedure))
+    return QuantConfig(default=None, overrides=overrides, procedure=range_only(base.procedure))
 
 
 def quantized_layers(
@@ -81,6 +74,6 @@ def base_signature(base: QuantConfig) -> str:
         default=None if base.default is None else cell_layer_config(base.default, (8, 8)),
         overrides=tuple((p, None if c is None else cell_layer_config(c, (8, 8)))
                         for p, c in base.overrides),
-        procedure=probe_procedure(base.procedure),
+        procedure=range_only(base.procedure),
     )
     return blank.to_json(indent=None)

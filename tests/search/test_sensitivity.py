@@ -245,23 +245,3 @@ def test_context_needs_the_loss_proxy_and_a_candidate_width(prepared) -> None:
         measure_sensitivity(prepared, candidates=SMALL, proxy="output_mse", context_bits=4)
     with pytest.raises(UserInputError, match="not a candidate"):
         measure_sensitivity(prepared, candidates=SMALL, proxy="loss", context_bits=6)
-
-
-def test_probes_are_calibrated_with_parallel_gptq_when_the_procedure_has_it(prepared) -> None:
-    from quantune.config import CalibrationProcedure, QuantConfig
-    from quantune.search.sensitivity_layers import base_signature, probe_procedure, quantized_layers
-
-    plain, gptq = QuantConfig(), QuantConfig(procedure=CalibrationProcedure.from_steps("gptq+biascorr"))
-    probe = probe_procedure(gptq.procedure)
-    assert probe.gptq and not probe.gptq_sequential and not probe.bias_correction
-    assert probe_procedure(plain.procedure) == plain.procedure  # range calibration only
-    assert base_signature(plain) != base_signature(gptq)  # separate cache entries
-    cell = (3, 8)
-    rounded = quantized_layers(prepared, plain, cell)
-    by_gptq = quantized_layers(prepared, gptq, cell)
-    assert rounded.keys() == by_gptq.keys()
-    changed = [n for n in rounded
-               if not torch.equal(rounded[n].quantized_weight().codes, by_gptq[n].quantized_weight().codes)]
-    assert changed  # GPTQ re-rounds the weights on the same grid
-    for n in rounded:  # ... and keeps that grid (ranges come from range calibration)
-        torch.testing.assert_close(rounded[n].quantized_weight().scale, by_gptq[n].quantized_weight().scale)
