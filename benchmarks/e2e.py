@@ -73,7 +73,7 @@ def _call(model: Any, x: Any) -> Any:
 
 
 def bench_model(name: str, evaluate: bool, budget_s: float, weight_bits: tuple[int, ...] = (8,),
-                procedure: str = "base") -> dict[str, Any] | None:
+                procedure: str = "base", unfused: bool = False) -> dict[str, Any] | None:
     from quantune import zoo
 
     try:
@@ -94,6 +94,12 @@ def bench_model(name: str, evaluate: bool, budget_s: float, weight_bits: tuple[i
     fns = {"fp32": lambda: _call(float_model, x)}
     for bits, qm in qmodels.items():
         fns[f"w{bits}a8"] = lambda qm=qm: _call(qm, x)
+    plain = {}
+    if unfused:  # the same models without activation fusion and chains, timed side by side
+        for bits in weight_bits:
+            plain[bits] = prepared.quantize(qmodels[bits].config, mode="integer")
+            plain[bits].fuse_activations = False
+            fns[f"w{bits}a8_unfused"] = lambda qm=plain[bits]: _call(qm, x)
     ort_int8 = build_ort_int8(float_model, entry.calib_batches, x, entry.input_names, torch.get_num_threads())
     if callable(ort_int8):
         fns["ort_int8"] = ort_int8
@@ -111,6 +117,8 @@ def bench_model(name: str, evaluate: bool, budget_s: float, weight_bits: tuple[i
         row["integer_paths" if bits == 8 else f"integer_paths_{key}"] = dict(paths)
         row["fused_activations" if bits == 8 else f"fused_activations_{key}"] = len(qm.fused_activations or {})
         row["chains" if bits == 8 else f"chains_{key}"] = len(qm.chains)
+        if bits in plain:
+            row[f"{key}_unfused_ms"] = round(ms[f"w{bits}a8_unfused"], 3)
         if evaluate:
             with torch.no_grad():
                 row["fidelity_integer" if bits == 8 else f"fidelity_integer_{key}"] = entry.evaluate(qm)
@@ -134,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=4.0, help="seconds of timing per model")
     p.add_argument("--weight-bits", default="8,7", help="quantune weight widths to time (A8 each)")
     p.add_argument("--procedure", default="base", help="calibration steps, e.g. gptq+biascorr")
+    p.add_argument("--unfused", action="store_true",
+                   help="also time each quantized model without activation fusion and chains")
     args = p.parse_args(argv)
     weight_bits = tuple(int(b) for b in args.weight_bits.split(",") if b.strip())
     torch.set_num_threads(args.threads)
@@ -143,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     print(" ".join(f"{k}={v}" for k, v in header.items()))
     rows = []
     for name in args.models:
-        row = bench_model(name, not args.no_eval, args.budget, weight_bits, args.procedure)
+        row = bench_model(name, not args.no_eval, args.budget, weight_bits, args.procedure, args.unfused)
         if row is None:
             continue
         rows.append(row)
