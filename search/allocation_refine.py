@@ -105,7 +105,10 @@ def measured_losses(
     base = base_config or QuantConfig()
     base = dataclasses.replace(base, procedure=range_only(base.procedure))
     refs = probes.float_reference(prepared.float_model, batches, loss_function(loss_name)).outputs
-    float_losses = _per_sample(prepared.float_model, batches, refs, loss_name)
+    # The float model's own losses from its outputs (nonzero only for ``ce``): no second pass.
+    fn = per_sample_loss_function(loss_name)
+    float_losses = np.concatenate([fn(ref, ref, batch).double().cpu().numpy()
+                                   for batch, ref in zip(batches, refs, strict=True)])
     rows = []
     with progress_bar(total=len(alternatives), desc="refine (measured ILP alternatives)", unit="alloc",
                       enable=show_progress) as bar:
