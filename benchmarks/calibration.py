@@ -60,13 +60,13 @@ def make_config(prepared: Any, w_bits: int, a_bits: int, method: str, pct: float
 # Procedure rows: "base", or steps joined by "+" (CalibrationProcedure.from_steps; they run
 # in the pipeline's order whatever the order written: GPTQ, AdaQuant, then bias correction).
 LOW_BIT_PROCS = ("base", "biascorr", "gptq", "gptq+biascorr", "adaquant", "adaquant+biascorr",
-                 "gptq+adaquant+biascorr")
+                 "gptq+adaquant+biascorr", "adaround", "adaround+biascorr", "gptq+adaround")
 W8_PROCS = ("biascorr", "gptq", "gptq+biascorr")
 
 
-def procedure(key: str, adaquant: dict[str, Any]) -> CalibrationProcedure:
+def procedure(key: str, layerwise: dict[str, Any]) -> CalibrationProcedure:
     """The :class:`CalibrationProcedure` of a row key such as ``gptq+biascorr``."""
-    return CalibrationProcedure.from_steps(key, **(adaquant if "adaquant" in key else {}))
+    return CalibrationProcedure.from_steps(key, **(layerwise if "ada" in key else {}))
 
 
 def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
@@ -104,7 +104,8 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
     best = max(scores, key=lambda m: scores[m])
     pct = dict(W8_METHODS)[best]
     label = best if pct is None else f"{best}{pct}"
-    ada = {"adaquant_iters": args.adaquant_iters, "adaquant_time_budget_s": args.adaquant_budget}
+    ada = {"adaquant_iters": args.adaquant_iters, "adaquant_time_budget_s": args.adaquant_budget,
+           "adaround_iters": args.adaround_iters}
 
     def lab(key: str) -> str:
         return label if key == "base" else f"{label}+{key}"
@@ -172,7 +173,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small data sizes")
     ap.add_argument("--models", default="example,efficientnet-lite0,minilm-l6")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    ap.add_argument("--adaquant-budget", type=float, default=120.0, help="AdaQuant seconds per row")
+    ap.add_argument("--adaquant-budget", type=float, default=120.0,
+                    help="layer-wise calibration (AdaQuant, AdaRound) seconds per row")
+    ap.add_argument("--adaround-iters", type=int, default=1000, help="AdaRound steps per layer")
     ap.add_argument("--adaquant-iters", type=int, default=100, help="AdaQuant steps per layer")
     ap.add_argument("--n-calib", type=int, help="calibration samples (default: the preset's)")
     ap.add_argument("--n-eval", type=int, help="evaluation samples (default: the preset's)")

@@ -1,17 +1,24 @@
-"""Drive AdaQuant over every quantized layer: order, data caps, time budget, progress."""
+"""Drive layer-wise calibration (AdaQuant, AdaRound) over every quantized layer.
+
+One loop for both methods: execution order, per-layer input caches within a memory
+cap, the shared time budget and the progress bar; the per-layer optimization is the
+method's own (:mod:`quantune.calibration.adaquant`, :mod:`quantune.calibration.adaround`).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from quantune.batches import batch_size, run_model
 from quantune.calibration.adaquant import AdaQuantResult, adaquant_layer
+from quantune.calibration.adaround import AdaRoundResult, adaround_layer
 from quantune.calibration.layer_io import (
+    LayerSamples,
     RowSelector,
     bytes_per_row,
     collect_layer_samples,
@@ -44,16 +51,44 @@ def execution_order(model: nn.Module, names: list[str], batch: Any) -> list[str]
     return sorted(names, key=lambda n: order.get(n, len(names) + names.index(n)))
 
 
-def run_adaquant(
+class LayerStep(Protocol):
+    """Calibrate one layer in place on its cached samples, stopping at ``deadline``."""
+
+    def __call__(self, name: str, layer: QuantizedLayer, samples: LayerSamples, *, seed: int,
+                 deadline: float | None) -> Any: ...
+
+
+def layer_step(method: str, procedure: CalibrationProcedure) -> LayerStep:
+    """The per-layer calibration of ``method`` (``adaquant`` or ``adaround``) with the procedure's options."""
+
+    def adaquant(name: str, layer: QuantizedLayer, samples: LayerSamples, *, seed: int,
+                 deadline: float | None) -> AdaQuantResult:
+        return adaquant_layer(name, layer, samples, iters=procedure.adaquant_iters, lr=procedure.adaquant_lr,
+                              batch_size=procedure.adaquant_batch_size, seed=seed, deadline=deadline)
+
+    def adaround(name: str, layer: QuantizedLayer, samples: LayerSamples, *, seed: int,
+                 deadline: float | None) -> AdaRoundResult:
+        return adaround_layer(name, layer, samples, iters=procedure.adaround_iters, lr=procedure.adaround_lr,
+                              reg=procedure.adaround_reg, batch_size=procedure.adaquant_batch_size, seed=seed,
+                              deadline=deadline)
+
+    steps = {"adaquant": adaquant, "adaround": adaround}
+    if method not in steps:
+        raise ValueError(f"unknown layer-wise method {method!r}; use one of {sorted(steps)}")
+    return steps[method]
+
+
+def run_layerwise(
     qmodel: Any,
     float_model: nn.Module,
     layers: list[LayerInfo],
     batches: list[Any],
     procedure: CalibrationProcedure,
+    method: str,
     *,
     show_progress: bool = False,
-) -> list[AdaQuantResult]:
-    """Calibrate every quantized layer of ``qmodel`` in execution order.
+) -> list[Any]:
+    """Calibrate every quantized layer of ``qmodel`` in execution order with ``method``.
 
     Args:
         qmodel: the :class:`quantune.quantized_model.QuantizedModel` (updated in place;
@@ -61,12 +96,14 @@ def run_adaquant(
         float_model: the float model (BatchNorm folded) that gives the targets.
         layers: descriptions of the quantizable layers (input / output shapes).
         batches: calibration batches (already capped to ``procedure.max_samples``).
-        procedure: iterations, learning rate, batch size, cache cap, time budget, seed.
+        procedure: the method's options; sequential or not, cache cap, time budget, seed.
+        method: ``adaquant`` or ``adaround``.
         show_progress: show a progress bar with layers done and ETA.
 
     Returns:
-        One :class:`AdaQuantResult` per calibrated layer.
+        One result (:class:`AdaQuantResult` or :class:`AdaRoundResult`) per calibrated layer.
     """
+    step = layer_step(method, procedure)
     qlayers: dict[str, QuantizedLayer] = qmodel.quantized_layers()
     info = {li.name: li for li in layers}
     names = execution_order(float_model, [n for n in info if n in qlayers], batches[0])
@@ -78,8 +115,8 @@ def run_adaquant(
     # cost depends on the data, not on the optimiser, and charging it to the budget left
     # deep models no time to optimise at all.
     optimised_s = 0.0
-    results: list[AdaQuantResult] = []
-    bar = progress_bar(total=len(names), desc="adaquant", unit="layer", enable=show_progress)
+    results: list[Any] = []
+    bar = progress_bar(total=len(names), desc=method, unit="layer", enable=show_progress)
     try:
         for k, name in enumerate(names):
             li = info[name]
@@ -97,16 +134,7 @@ def run_adaquant(
                     # Spread what is left of the budget evenly over the layers left.
                     deadline = time.perf_counter() + max(budget - optimised_s, 0.0) / (len(names) - k)
                 started = time.perf_counter()
-                res = adaquant_layer(
-                    name,
-                    qlayers[name],
-                    samples,
-                    iters=procedure.adaquant_iters,
-                    lr=procedure.adaquant_lr,
-                    batch_size=procedure.adaquant_batch_size,
-                    seed=procedure.seed * 7919 + k,
-                    deadline=deadline,
-                )
+                res = step(name, qlayers[name], samples, seed=procedure.seed * 7919 + k, deadline=deadline)
                 optimised_s += time.perf_counter() - started
                 results.append(res)
                 bar.set_postfix_str(f"{name} mse {res.mse_before:.2e}->{res.mse_after:.2e}")

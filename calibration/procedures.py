@@ -1,8 +1,8 @@
-"""Data-driven steps run after a model is quantized: GPTQ, AdaQuant, BN re-estimation, bias correction.
+"""Data-driven steps run after a model is quantized: GPTQ, AdaRound, AdaQuant, BN re-estimation, bias correction.
 
-Order (as in Hubara et al.'s pipeline): weight rounding (GPTQ) and layer-wise
-calibration first (they change the weights and step sizes; AdaQuant starts from the
-GPTQ weights), then BatchNorm statistics on the calibrated model, then bias
+Order (as in Hubara et al.'s pipeline): weight rounding (GPTQ, then AdaRound from the
+GPTQ codes) and layer-wise calibration first (they change the weights and step sizes;
+AdaQuant starts from the rounded weights), then BatchNorm statistics on the calibrated model, then bias
 correction, which removes whatever per-channel mean shift remains.
 """
 
@@ -22,7 +22,8 @@ def run_procedure(qmodel: Any, prepared: Any, procedure: CalibrationProcedure) -
     as ``qmodel.calibration_log``) records what each step did and how long it took.
     """
     log: dict[str, Any] = {}
-    if not (procedure.gptq or procedure.adaquant or procedure.bn_reestimate or procedure.bias_correction):
+    if not (procedure.gptq or procedure.adaround or procedure.adaquant or procedure.bn_reestimate
+            or procedure.bias_correction):
         return log
     data = prepared.calibration_data(procedure.max_samples, procedure.seed)
     batches = data if isinstance(data, list) else list(data)
@@ -30,7 +31,7 @@ def run_procedure(qmodel: Any, prepared: Any, procedure: CalibrationProcedure) -
     # GPTQ then bias correction, nothing in between: correct each layer's bias right
     # after rounding it, in GPTQ's sequential pass (one pass over the layers, not two).
     fused_bias = (procedure.gptq and procedure.bias_correction and procedure.gptq_sequential
-                  and not procedure.adaquant and not procedure.bn_reestimate)
+                  and not procedure.adaround and not procedure.adaquant and not procedure.bn_reestimate)
     if procedure.gptq:
         from quantune.calibration.gptq_layers import run_gptq
 
@@ -43,12 +44,14 @@ def run_procedure(qmodel: Any, prepared: Any, procedure: CalibrationProcedure) -
         if fused_bias:
             log["bias_correction"] = {"shift_removed": {r.name: r.bias_shift for r in done},
                                       "fused_with": "gptq", "seconds": 0.0}
-    if procedure.adaquant:
-        from quantune.calibration.layerwise import run_adaquant
+    for method in ("adaround", "adaquant"):  # AdaQuant fine-tunes what AdaRound rounded
+        if getattr(procedure, method):
+            from quantune.calibration.layerwise import run_layerwise
 
-        t = time.perf_counter()
-        results = run_adaquant(qmodel, prepared.float_model, prepared.layers, batches, procedure, show_progress=show)
-        log["adaquant"] = {"layers": [r.__dict__ for r in results], "seconds": time.perf_counter() - t}
+            t = time.perf_counter()
+            results = run_layerwise(qmodel, prepared.float_model, prepared.layers, batches, procedure, method,
+                                    show_progress=show)
+            log[method] = {"layers": [r.__dict__ for r in results], "seconds": time.perf_counter() - t}
     if procedure.bn_reestimate:
         from quantune.calibration.bn_reestimate import reestimate_bn
 

@@ -121,17 +121,26 @@ class CalibrationProcedure:
         adaquant_iters: optimizer steps per layer for AdaQuant.
         bn_reestimate: re-estimate BatchNorm statistics on the quantized model.
         seed: seed of every random choice in calibration.
-        adaquant_time_budget_s: total optimisation time of AdaQuant over all layers
-            (collecting each layer's inputs is not counted; None = no limit; a layer stops early when its share is spent, which makes
-            results depend on machine speed).
+        adaquant_time_budget_s: total optimisation time of layer-wise calibration
+            (AdaQuant, and AdaRound separately) over all layers (collecting each layer's
+            inputs is not counted; None = no limit; a layer stops early when its share
+            is spent, which makes results depend on machine speed).
         adaquant_sequential: feed each layer the outputs of the already-calibrated
-            quantized layers before it (False: the float model's activations).
+            quantized layers before it (False: the float model's activations); also
+            used by AdaRound.
         adaquant_lr: Adam learning rate; weights move in units of their initial
             quantization step, step sizes and the bias in relative units.
         adaquant_batch_size: samples per optimizer step for convolutions; Linear layers
-            take 16x as many input rows (tokens) per step.
+            take 16x as many input rows (tokens) per step (AdaQuant and AdaRound).
         adaquant_cache_mb: per-layer cap on cached inputs + float targets; a seeded
-            subset of samples (or rows) is kept when the calibration set is larger.
+            subset of samples (or rows) is kept when the calibration set is larger
+            (AdaQuant and AdaRound).
+        adaround: learn each weight's up/down rounding against the layer's output
+            error (AdaRound; step sizes stay; runs after GPTQ, before AdaQuant).
+        adaround_iters: optimizer steps per layer for AdaRound.
+        adaround_lr: Adam learning rate of AdaRound's rounding logits.
+        adaround_reg: weight of AdaRound's regularizer that drives each rounding
+            variable to 0 or 1.
         gptq: round the weights with GPTQ against each layer's input Hessian (runs
             first; the grid of the weight range method is kept).
         gptq_damp: GPTQ's Hessian damping, a fraction of the mean diagonal.
@@ -158,6 +167,10 @@ class CalibrationProcedure:
     gptq_act_order: bool = True
     gptq_sequential: bool = True
     gptq_float_target: bool = False
+    adaround: bool = False
+    adaround_iters: int = 1000
+    adaround_lr: float = 1e-2
+    adaround_reg: float = 0.01
 
     def __post_init__(self) -> None:
         if self.max_samples is not None and self.max_samples < 1:
@@ -172,17 +185,23 @@ class CalibrationProcedure:
             raise UserInputError(f"adaquant_lr must be in (0, 1), got {self.adaquant_lr!r}.")
         if self.adaquant_batch_size < 1 or self.adaquant_cache_mb < 1:
             raise UserInputError("adaquant_batch_size and adaquant_cache_mb must be >= 1.")
+        if self.adaround_iters < 0:
+            raise UserInputError("adaround_iters must be >= 0.")
+        if not 0.0 < float(self.adaround_lr) < 10.0:
+            raise UserInputError(f"adaround_lr must be in (0, 10), got {self.adaround_lr!r}.")
+        if not float(self.adaround_reg) >= 0.0:
+            raise UserInputError(f"adaround_reg must be >= 0, got {self.adaround_reg!r}.")
         if not 0.0 < float(self.gptq_damp) <= 1.0:
             raise UserInputError(f"gptq_damp must be in (0, 1], got {self.gptq_damp!r}.")
 
     #: Step names of :meth:`from_steps`, in the order the pipeline runs them.
-    STEPS = ("gptq", "adaquant", "bn", "biascorr")
+    STEPS = ("gptq", "adaround", "adaquant", "bn", "biascorr")
 
     @classmethod
     def from_steps(cls, steps: str, **options: Any) -> CalibrationProcedure:
         """A procedure from ``"base"`` or step names joined by ``+`` (``"gptq+biascorr"``).
 
-        Steps: ``gptq``, ``adaquant``, ``bn`` (BatchNorm re-estimation), ``biascorr``;
+        Steps: ``gptq``, ``adaround``, ``adaquant``, ``bn`` (BatchNorm re-estimation), ``biascorr``;
         they run in the pipeline's order whatever the order written. ``options`` set
         other fields (``adaquant_iters=100``).
         """
@@ -191,13 +210,15 @@ class CalibrationProcedure:
         if unknown:
             raise UserInputError(f"Unknown calibration step(s) {sorted(unknown)} in {steps!r}; "
                                  f"use 'base' or {'+'.join(cls.STEPS)} (any subset).")
-        return cls(gptq="gptq" in names, adaquant="adaquant" in names, bn_reestimate="bn" in names,
+        return cls(gptq="gptq" in names, adaround="adaround" in names, adaquant="adaquant" in names,
+                   bn_reestimate="bn" in names,
                    bias_correction="biascorr" in names, **options)
 
     @property
     def steps(self) -> str:
         """Inverse of :meth:`from_steps`: ``"base"`` or the steps joined by ``+``."""
-        on = {"gptq": self.gptq, "adaquant": self.adaquant, "bn": self.bn_reestimate,
+        on = {"gptq": self.gptq, "adaround": self.adaround, "adaquant": self.adaquant,
+              "bn": self.bn_reestimate,
               "biascorr": self.bias_correction}
         return "+".join(s for s in self.STEPS if on[s]) or "base"
 

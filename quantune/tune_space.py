@@ -37,6 +37,7 @@ DEFAULT_DIMENSIONS: dict[str, tuple[Any, ...]] = {
     "first_last_8bit": (True, False),
     "bias_correction": (False, True),
     "gptq": (False, True),
+    "adaround": (False, True),
     "adaquant": (False, True),
     "calib_samples": (None,),
     "float_fallback": (0,),
@@ -44,7 +45,7 @@ DEFAULT_DIMENSIONS: dict[str, tuple[Any, ...]] = {
 # Ordered dimensions with the prior "the metric does not fall towards the end of this
 # order" (values least to most precise; None: numbers ascending). The xgboost sampler
 # constrains its cost model to them (see quantune.search.dimension.Dimension.monotone).
-# Calibration steps (bias correction, GPTQ, AdaQuant) and range methods get no prior:
+# Calibration steps (bias correction, GPTQ, AdaRound, AdaQuant) and range methods get no prior:
 # which helps is model-specific.
 PRIORS: dict[str, tuple[Any, ...] | None] = {
     "w_bits": None,
@@ -63,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "first_last_8bit": True,
     "bias_correction": False,
     "gptq": False,
+    "adaround": False,
     "adaquant": False,
     "calib_samples": None,
     "float_fallback": 0,
@@ -173,6 +175,7 @@ def point_to_config(
         max_samples=p["calib_samples"],
         bias_correction=bool(p["bias_correction"]),
         adaquant=bool(p["adaquant"]),
+        adaround=bool(p["adaround"]),
         gptq=bool(p["gptq"]),
         seed=seed,
     )
@@ -194,6 +197,8 @@ def describe_point(point: Mapping[str, Any]) -> str:
         parts.append("+bc")
     if p["gptq"]:
         parts.append("+gptq")
+    if p["adaround"]:
+        parts.append("+adaround")
     if p["adaquant"]:
         parts.append("+adaquant")
     if p["float_fallback"]:

@@ -1,0 +1,186 @@
+"""AdaRound: learned up/down rounding of each weight (Nagel et al., 2020).
+
+Nearest rounding minimizes each weight's own error, not the layer's output error: the
+errors of weights that see correlated inputs add up. AdaRound keeps the step sizes and
+learns, per weight, whether to round down or up, minimizing the layer's output error
+on calibration data (``x_q``: the layer's input in the already-rounded model, so each
+layer also compensates the error of the layers before it in sequential mode).
+
+Relaxation: code ``= floor(w / s) + h(V)`` with the rectified sigmoid
+``h(V) = clip(sigmoid(V) (zeta - gamma) + gamma, 0, 1)`` (``zeta = 1.1``,
+``gamma = -0.1``: ``h`` reaches exactly 0 and 1 with a non-zero gradient before).
+``V`` starts where ``h`` equals the fractional part, i.e. at nearest rounding's
+neighbourhood. The loss is the output error plus ``reg * sum(1 - |2 h - 1| ** beta)``,
+which pushes every ``h`` to 0 or 1 as ``beta`` anneals from 20 to 2 after a warm-up
+without it. At the end each weight takes the side its ``h`` is closest to.
+
+Compared with AdaQuant (:mod:`quantune.calibration.adaquant`), the weights can only
+move to one of their two neighbouring grid points: far fewer degrees of freedom, so it
+overfits a small calibration set much less.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from quantune.calibration.adaquant import LINEAR_ROWS_PER_SAMPLE, layer_forward
+from quantune.calibration.layer_io import LayerSamples
+from quantune.modules import QuantizedLayer
+
+# Rectified sigmoid stretch (the paper's values).
+ZETA, GAMMA = 1.1, -0.1
+# Regularizer schedule: no rounding pressure for the first 20 % of the run, then beta
+# decays linearly from 20 (only h far from 0.5 pay) to 2 (every h pays to leave 0.5).
+WARMUP = 0.2
+BETA_START, BETA_END = 20.0, 2.0
+# Conv samples (or Linear rows / LINEAR_ROWS_PER_SAMPLE) used to measure the error.
+_EVAL_SAMPLES = 256
+
+
+@dataclass(frozen=True)
+class AdaRoundResult:
+    """What AdaRound did to one layer.
+
+    ``flipped``: share of the weights rounded to the other neighbour than before.
+    """
+
+    name: str
+    rows: int
+    iters: int
+    mse_before: float
+    mse_after: float
+    seconds: float
+    kept: bool
+    flipped: float
+
+
+def _rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+
+
+def _inverse_rectified_sigmoid(h: torch.Tensor) -> torch.Tensor:
+    # h in [0, 1) maps strictly inside the sigmoid's open interval.
+    p = ((h - GAMMA) / (ZETA - GAMMA)).clamp(1e-6, 1.0 - 1e-6)
+    return torch.log(p / (1.0 - p))
+
+
+class _Rounding:
+    """The rounding variables of one layer and the weights they produce."""
+
+    def __init__(self, layer: QuantizedLayer) -> None:
+        w = layer.weight.detach()
+        shape = [-1] + [1] * (w.dim() - 1) if layer.w_scale.dim() == 1 else []
+        self.scale = layer.w_scale.detach().reshape(shape) if shape else layer.w_scale.detach()
+        self.zero = layer.w_zero_point.detach().to(w.dtype)
+        self.zero = self.zero.reshape(shape) if shape else self.zero
+        self.lo, self.hi = layer.w_qrange
+        scaled = w / self.scale
+        self.floor = torch.floor(scaled)
+        self.start = layer.fake_quant_weight().detach()  # what the layer computes now
+        self.v = _inverse_rectified_sigmoid(scaled - self.floor).requires_grad_(True)
+
+    def h(self) -> torch.Tensor:
+        return _rectified_sigmoid(self.v)
+
+    def _weight(self, up: torch.Tensor) -> torch.Tensor:
+        code = torch.clamp(self.floor + up + self.zero, self.lo, self.hi)
+        return (code - self.zero) * self.scale
+
+    def soft_weight(self) -> torch.Tensor:
+        return self._weight(self.h())
+
+    @torch.no_grad()
+    def hard_weight(self) -> torch.Tensor:
+        return self._weight((self.v >= 0).to(self.floor.dtype))  # h >= 0.5 <=> v >= 0
+
+
+def _output_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error summed over output channels (dim 1), averaged over the rest."""
+    return (out - target).pow(2).sum(dim=1).mean()
+
+
+@torch.no_grad()
+def _mse(layer: QuantizedLayer, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
+    return float(F.mse_loss(layer_forward(layer, x, w, layer.bias), y))
+
+
+def _quantized_inputs(layer: QuantizedLayer, x: torch.Tensor) -> torch.Tensor:
+    """The layer's inputs on its activation grid (fixed during AdaRound: computed once)."""
+    with torch.no_grad():
+        return layer.fake_quant_input(x) if layer.a_qrange is not None else x
+
+
+def adaround_layer(
+    name: str,
+    layer: QuantizedLayer,
+    samples: LayerSamples,
+    *,
+    iters: int,
+    lr: float,
+    reg: float,
+    batch_size: int,
+    seed: int,
+    deadline: float | None = None,
+) -> AdaRoundResult:
+    """Learn the rounding of one layer's weights in place; revert if the error grew.
+
+    Args:
+        name: the layer's module name (for the report).
+        layer: the quantized layer; its weight is replaced by the rounded one (on the
+            grid, so converting to integers reproduces the learned codes).
+        samples: cached inputs and float targets.
+        iters: optimizer steps. The regularizer's schedule follows the share of the
+            steps done, or of the time to ``deadline`` if that is larger, so a run cut
+            short by the deadline still ends with annealed, decided roundings.
+        lr: Adam learning rate of the rounding logits ``V``.
+        reg: weight of the rounding regularizer.
+        batch_size: conv samples per step (Linear rows: ``LINEAR_ROWS_PER_SAMPLE`` x this).
+        seed: seed of the minibatch draws.
+        deadline: ``time.perf_counter()`` value after which no further step starts.
+    """
+    start = time.perf_counter()
+    per_sample = LINEAR_ROWS_PER_SAMPLE if layer.kind == "linear" else 1
+    n = len(samples)
+    gen = torch.Generator().manual_seed(seed)
+    x_q = _quantized_inputs(layer, samples.x)
+    eval_idx = torch.randperm(n, generator=gen)[: min(n, _EVAL_SAMPLES * per_sample)]
+    rounding = _Rounding(layer)
+    before = _mse(layer, x_q[eval_idx], samples.y[eval_idx], rounding.start)
+    bias = None if layer.bias is None else layer.bias.detach()
+    opt = torch.optim.Adam([rounding.v], lr=lr)
+    bs = min(n, batch_size * per_sample)
+    span = None if deadline is None else max(deadline - start, 1e-9)
+    done = 0
+    with torch.enable_grad():
+        for step in range(iters):
+            now = time.perf_counter()
+            if deadline is not None and now > deadline:
+                break
+            progress = step / max(iters, 1)
+            if span is not None:
+                progress = max(progress, (now - start) / span)
+            idx = torch.randint(0, n, (bs,), generator=gen)
+            out = layer_forward(layer, x_q[idx], rounding.soft_weight(), bias)
+            loss = _output_error(out, samples.y[idx])
+            if progress >= WARMUP:
+                beta = BETA_END + (BETA_START - BETA_END) * max(0.0, 1.0 - (progress - WARMUP) / (1.0 - WARMUP))
+                loss = loss + reg * (1.0 - (2.0 * rounding.h() - 1.0).abs().pow(beta)).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+    hard = rounding.hard_weight()
+    after = _mse(layer, x_q[eval_idx], samples.y[eval_idx], hard)
+    kept = after < before
+    # Share of weights whose code changed (grid codes of the old and the new weight).
+    flipped = float((torch.round(rounding.start / rounding.scale) != torch.round(hard / rounding.scale)).float().mean())
+    if kept:
+        with torch.no_grad():
+            layer.weight.copy_(hard)
+    return AdaRoundResult(name, n, done, before, after if kept else before, time.perf_counter() - start,
+                          kept, flipped if kept else 0.0)
+
