@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from quantune.calibration.layer_batches import layer_forward
 from quantune.calibration.layer_io import LayerSamples
 from quantune.modules import QuantizedLayer
 from quantune.quantizer import fake_quantize
@@ -49,14 +50,6 @@ class AdaQuantResult:
     mse_after: float
     seconds: float
     kept: bool
-
-
-def layer_forward(layer: QuantizedLayer, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """The layer's op with explicit weight and bias (input already fake-quantized)."""
-    if layer.kind == "linear":
-        return F.linear(x, w, b)
-    conv = F.conv2d if layer.kind == "conv2d" else F.conv1d
-    return conv(x, w, b, layer.stride, layer.padding, layer.dilation, layer.groups)
 
 
 class _Trainable:

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from quantune.calibration.adaquant import LINEAR_ROWS_PER_SAMPLE, layer_forward
+from quantune.calibration.adaquant import LINEAR_ROWS_PER_SAMPLE
+from quantune.calibration.layer_batches import LayerBatches, layer_forward
 from quantune.calibration.layer_io import LayerSamples
 from quantune.modules import QuantizedLayer
 
@@ -152,7 +153,7 @@ def adaround_layer(
     before = _mse(layer, x_q[eval_idx], samples.y[eval_idx], rounding.start)
     bias = None if layer.bias is None else layer.bias.detach()
     opt = torch.optim.Adam([rounding.v], lr=lr)
-    bs = min(n, batch_size * per_sample)
+    batches = LayerBatches(layer, x_q, samples.y, batch_size * per_sample, gen)
     span = None if deadline is None else max(deadline - start, 1e-9)
     done = 0
     with torch.enable_grad():
@@ -163,9 +164,8 @@ def adaround_layer(
             progress = step / max(iters, 1)
             if span is not None:
                 progress = max(progress, (now - start) / span)
-            idx = torch.randint(0, n, (bs,), generator=gen)
-            out = layer_forward(layer, x_q[idx], rounding.soft_weight(), bias)
-            loss = _output_error(out, samples.y[idx])
+            x, y = batches.draw()
+            loss = _output_error(batches.forward(x, rounding.soft_weight(), bias), y)
             if progress >= WARMUP:
                 beta = BETA_END + (BETA_START - BETA_END) * max(0.0, 1.0 - (progress - WARMUP) / (1.0 - WARMUP))
                 loss = loss + reg * (1.0 - (2.0 * rounding.h() - 1.0).abs().pow(beta)).sum()
