@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from quantune.calibration.layer_batches import layer_forward
+from quantune.calibration.layer_batches import LayerBatches, layer_forward
 from quantune.calibration.layer_io import LayerSamples
 from quantune.modules import QuantizedLayer
 from quantune.quantizer import fake_quantize
@@ -76,7 +76,8 @@ class _Trainable:
         w = self.w0 + self._w_step() * self.d
         return w, self.s0 * torch.exp(self.r_w), self.a0 * torch.exp(self.r_a), self.b0 + self.y_std * self.e
 
-    def output(self, x: torch.Tensor) -> torch.Tensor:
+    def output(self, x: torch.Tensor, batches: LayerBatches | None = None) -> torch.Tensor:
+        """The layer's output on ``x`` (a minibatch drawn from ``batches``, if given)."""
         layer = self.layer
         w, s_w, s_a, b = self.tensors()
         if layer.a_qrange is not None:
@@ -84,7 +85,7 @@ class _Trainable:
             x = fake_quantize(x, s_a, layer.a_zero_point, lo, hi)
         wlo, whi = layer.w_qrange
         w_q = fake_quantize(w, s_w, layer.w_zero_point, wlo, whi, self.axis)
-        return layer_forward(layer, x, w_q, b)
+        return layer_forward(layer, x, w_q, b) if batches is None else batches.forward(x, w_q, b)
 
     def param_groups(self, lr: float) -> list[dict[str, object]]:
         slow = [self.r_w, self.e] + ([self.r_a] if self.layer.a_qrange is not None else [])
@@ -149,15 +150,16 @@ def adaquant_layer(
     before = best = _mse(train, samples, eval_idx)
     best_state = train.state()
     opt = torch.optim.Adam(train.param_groups(lr))
-    bs = min(n, batch_size * (LINEAR_ROWS_PER_SAMPLE if layer.kind == "linear" else 1))
+    batches = LayerBatches(layer, samples.x, samples.y,
+                           batch_size * (LINEAR_ROWS_PER_SAMPLE if layer.kind == "linear" else 1), gen)
     check_every = max(1, iters // _CHECKPOINTS)
     done = 0
     with torch.enable_grad():
         for step in range(iters):
             if deadline is not None and time.perf_counter() > deadline:
                 break
-            idx = torch.randint(0, n, (bs,), generator=gen)
-            loss = F.mse_loss(train.output(samples.x[idx]), samples.y[idx])
+            x, y = batches.draw()
+            loss = F.mse_loss(train.output(x, batches), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

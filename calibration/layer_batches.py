@@ -8,6 +8,7 @@ output positions, so a random output *window* (the same one for every image of t
 step) gives an unbiased estimate of it at a fraction of the cost: the input region that
 produces the window is cut from the zero-padded input, and the convolution runs on it
 without padding. Linear layers (rows) and small feature maps draw whole rows/samples.
+AdaQuant and AdaRound both draw their steps here.
 """
 
 from __future__ import annotations
