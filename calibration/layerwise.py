@@ -69,7 +69,7 @@ def layer_step(method: str, procedure: CalibrationProcedure) -> LayerStep:
     def adaround(name: str, layer: QuantizedLayer, samples: LayerSamples, *, seed: int,
                  deadline: float | None) -> AdaRoundResult:
         return adaround_layer(name, layer, samples, iters=procedure.adaround_iters, lr=procedure.adaround_lr,
-                              reg=procedure.adaround_reg, batch_size=procedure.adaquant_batch_size, seed=seed,
+                              reg=procedure.adaround_reg, batch_size=procedure.adaround_batch_size, seed=seed,
                               deadline=deadline)
 
     steps = {"adaquant": adaquant, "adaround": adaround}

@@ -130,8 +130,8 @@ class CalibrationProcedure:
             used by AdaRound.
         adaquant_lr: Adam learning rate; weights move in units of their initial
             quantization step, step sizes and the bias in relative units.
-        adaquant_batch_size: samples per optimizer step for convolutions; Linear layers
-            take 16x as many input rows (tokens) per step (AdaQuant and AdaRound).
+        adaquant_batch_size: samples per AdaQuant step for convolutions; Linear layers
+            take 16x as many input rows (tokens) per step.
         adaquant_cache_mb: per-layer cap on cached inputs + float targets; a seeded
             subset of samples (or rows) is kept when the calibration set is larger
             (AdaQuant and AdaRound).
@@ -141,6 +141,10 @@ class CalibrationProcedure:
         adaround_lr: Adam learning rate of AdaRound's rounding logits.
         adaround_reg: weight of AdaRound's regularizer that drives each rounding
             variable to 0 or 1.
+        adaround_batch_size: samples per AdaRound step for convolutions (each a random
+            output window of at most 16x16 positions on large maps; Linear layers: 16x
+            as many rows). Small batches buy many more steps in a time budget: on
+            EfficientNet-Lite0 W4A8 (300 s) 8 beat 32 (top-1 agreement 0.64 vs 0.46).
         gptq: round the weights with GPTQ against each layer's input Hessian (runs
             first; the grid of the weight range method is kept).
         gptq_damp: GPTQ's Hessian damping, a fraction of the mean diagonal.
@@ -171,6 +175,7 @@ class CalibrationProcedure:
     adaround_iters: int = 1000
     adaround_lr: float = 1e-2
     adaround_reg: float = 0.01
+    adaround_batch_size: int = 8
 
     def __post_init__(self) -> None:
         if self.max_samples is not None and self.max_samples < 1:
@@ -183,8 +188,8 @@ class CalibrationProcedure:
             )
         if not 0.0 < float(self.adaquant_lr) < 1.0:
             raise UserInputError(f"adaquant_lr must be in (0, 1), got {self.adaquant_lr!r}.")
-        if self.adaquant_batch_size < 1 or self.adaquant_cache_mb < 1:
-            raise UserInputError("adaquant_batch_size and adaquant_cache_mb must be >= 1.")
+        if self.adaquant_batch_size < 1 or self.adaquant_cache_mb < 1 or self.adaround_batch_size < 1:
+            raise UserInputError("adaquant_batch_size, adaround_batch_size and adaquant_cache_mb must be >= 1.")
         if self.adaround_iters < 0:
             raise UserInputError("adaround_iters must be >= 0.")
         if not 0.0 < float(self.adaround_lr) < 10.0:
