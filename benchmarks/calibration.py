@@ -1,11 +1,12 @@
-"""Calibration benchmark: range methods, AdaQuant and bias correction on real models.
+"""Calibration benchmark: range methods, GPTQ, AdaRound, AdaQuant and bias correction on real models.
 
     python benchmarks/calibration.py --json out.json [--quick] [--models example,efficientnet-lite0]
 
 Rows: ``model, weight_bits, act_bits, method, metric_name, metric, calib_s, peak_rss_mb``.
-``method`` is the activation range method, with ``+gptq`` / ``+adaquant`` / ``+biascorr``
-where applied. Weights are per-channel (min/max at 8 bits, MSE clipping below 8 bits); W4A4
-keeps the first and last quantizable layers at W8A8. ``calib_s`` is the statistics
+``method`` is the activation range method, with ``+gptq`` / ``+adaround`` / ``+adaquant`` /
+``+biascorr`` where applied. Weights are per-channel (min/max at 8 bits, MSE clipping below
+8 bits); low-bit rows keep the first and last quantizable layers at W8A8 (W4A4 always; W4A8
+and W7A8 with ``--edges-8bit``, the usual PTQ protocol). ``calib_s`` is the statistics
 pass plus the quantization (and calibration steps) of that row; ``peak_rss_mb`` is the
 process's peak so far. ``--memory`` adds the memory check: peak RSS of a fresh process
 collecting statistics on N and on 4N calibration samples.
@@ -48,9 +49,10 @@ def layer_cfg(w_bits: int, a_bits: int, method: str, pct: float | None) -> Layer
     )
 
 
-def make_config(prepared: Any, w_bits: int, a_bits: int, method: str, pct: float | None, proc: CalibrationProcedure) -> QuantConfig:
+def make_config(prepared: Any, w_bits: int, a_bits: int, method: str, pct: float | None, proc: CalibrationProcedure,
+                edges_8bit: bool = False) -> QuantConfig:
     cfg = QuantConfig(default=layer_cfg(w_bits, a_bits, method, pct), procedure=proc)
-    if a_bits < 8:  # first and last layers stay at 8 bits
+    if a_bits < 8 or (edges_8bit and w_bits < 8):  # first and last layers stay at 8 bits
         names = prepared.layer_names
         keep = layer_cfg(8, 8, method, pct)
         cfg = cfg.with_overrides({names[0]: keep, names[-1]: keep})
@@ -84,7 +86,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
 
     def measure(w_bits: int, a_bits: int, method: str, pct: float | None, proc: CalibrationProcedure, label: str) -> float:
         t0 = time.perf_counter()
-        q = prepared.quantize(make_config(prepared, w_bits, a_bits, method, pct, proc), "simulate")
+        q = prepared.quantize(make_config(prepared, w_bits, a_bits, method, pct, proc, args.edges_8bit), "simulate")
         calib_s = stats_s + time.perf_counter() - t0
         with torch.no_grad():
             metric = float(entry.evaluator(q)[entry.primary_metric])
@@ -92,6 +94,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
             "model": name, "weight_bits": w_bits, "act_bits": a_bits, "method": label,
             "metric_name": entry.primary_metric, "metric": metric,
             "calib_s": round(calib_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
+            "edges_8bit": a_bits < 8 or (args.edges_8bit and w_bits < 8),
         }
         rows.append(row)
         print(f"{name:20s} W{w_bits}A{a_bits} {label:28s} {entry.primary_metric}={metric:.4f} "
@@ -175,6 +178,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--adaquant-budget", type=float, default=120.0,
                     help="layer-wise calibration (AdaQuant, AdaRound) seconds per row")
+    ap.add_argument("--edges-8bit", action="store_true",
+                    help="keep the first and last layers at W8A8 in the W4A8 / W7A8 rows too")
     ap.add_argument("--adaround-iters", type=int, default=1000, help="AdaRound steps per layer")
     ap.add_argument("--adaquant-iters", type=int, default=100, help="AdaQuant steps per layer")
     ap.add_argument("--n-calib", type=int, help="calibration samples (default: the preset's)")

@@ -21,8 +21,8 @@ from quantune.prepare import prepare
 W3A8 = LayerQuantConfig(WeightQuant(bits=3), ActQuant(bits=8))
 
 
-def _cfg(**proc) -> QuantConfig:
-    return QuantConfig(default=W3A8, procedure=CalibrationProcedure(**proc))
+def _cfg(layer: LayerQuantConfig = W3A8, **proc) -> QuantConfig:
+    return QuantConfig(default=layer, procedure=CalibrationProcedure(**proc))
 
 
 def _out_mse(q, model, x) -> float:
@@ -35,10 +35,12 @@ def _layer_samples(p, q, name):
     return collect_layer_samples(p.float_model, q.model, name, li.kind, p.calibration_data(None, 0), RowSelector(1.0, 0, 0))
 
 
-def test_adaround_moves_weights_to_neighbouring_grid_points_and_lowers_the_error(cnn):
+@pytest.mark.parametrize(("granularity", "symmetric"), [("per_channel", True), ("per_tensor", False)])
+def test_adaround_moves_weights_to_neighbouring_grid_points_and_lowers_the_error(cnn, granularity, symmetric):
     model, data = cnn
     p = prepare(model, data)
-    q = p.quantize(_cfg(), "simulate")
+    weights = WeightQuant(bits=3, granularity=granularity, symmetric=symmetric)
+    q = p.quantize(_cfg(LayerQuantConfig(weights, ActQuant(bits=8))), "simulate")
     name = "3"
     layer = q.quantized_layers()[name]
     samples = _layer_samples(p, q, name)
@@ -46,15 +48,17 @@ def test_adaround_moves_weights_to_neighbouring_grid_points_and_lowers_the_error
     res = adaround_layer(name, layer, samples, iters=300, lr=1e-2, reg=0.01, batch_size=32, seed=0)
     assert res.kept and res.mse_after < 0.9 * res.mse_before
     assert 0.0 < res.flipped < 0.5
-    s = layer.w_scale.reshape(-1, 1, 1, 1)
-    codes = layer.weight / s
+    s = layer.w_scale.reshape(-1, 1, 1, 1) if granularity == "per_channel" else layer.w_scale
+    zero = layer.w_zero_point.reshape(s.shape).float()
+    codes = layer.weight / s + zero
     # On the grid (so conversion to integers keeps the learned codes) ...
     assert torch.allclose(codes, torch.round(codes), atol=1e-4)
     lo, hi = layer.w_qrange
-    inside = (w_float / s > lo) & (w_float / s < hi)
+    float_codes = w_float / s + zero
+    inside = (float_codes > lo) & (float_codes < hi)
     # ... and each weight inside the range on one of its two neighbours.
-    assert torch.all(torch.round(codes)[inside] >= torch.floor(w_float / s)[inside])
-    assert torch.all(torch.round(codes)[inside] <= torch.ceil(w_float / s)[inside])
+    assert torch.all(torch.round(codes)[inside] >= torch.floor(float_codes)[inside])
+    assert torch.all(torch.round(codes)[inside] <= torch.ceil(float_codes)[inside])
     with torch.no_grad():
         assert float(F.mse_loss(layer(samples.x), samples.y)) < res.mse_before
 
