@@ -107,7 +107,8 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
     best = max(scores, key=lambda m: scores[m])
     pct = dict(W8_METHODS)[best]
     label = best if pct is None else f"{best}{pct}"
-    ada = {"adaquant_iters": args.adaquant_iters, "adaquant_time_budget_s": args.adaquant_budget,
+    # A budget of 0 means none: every layer runs its full iterations (reproducible on any machine).
+    ada = {"adaquant_iters": args.adaquant_iters, "adaquant_time_budget_s": args.adaquant_budget or None,
            "adaround_iters": args.adaround_iters}
 
     def lab(key: str) -> str:
@@ -177,7 +178,7 @@ def main() -> None:
     ap.add_argument("--models", default="example,efficientnet-lite0,minilm-l6")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--adaquant-budget", type=float, default=120.0,
-                    help="layer-wise calibration (AdaQuant, AdaRound) seconds per row")
+                    help="layer-wise calibration (AdaQuant, AdaRound) seconds per row; 0: no budget")
     ap.add_argument("--edges-8bit", action="store_true",
                     help="keep the first and last layers at W8A8 in the W4A8 / W7A8 rows too")
     ap.add_argument("--adaround-iters", type=int, default=1000, help="AdaRound steps per layer")
