@@ -14,6 +14,10 @@ neighbourhood. The loss is the output error plus ``reg * sum(1 - |2 h - 1| ** be
 which pushes every ``h`` to 0 or 1 as ``beta`` anneals from 20 to 2 after a warm-up
 without it. At the end each weight takes the side its ``h`` is closest to.
 
+After GPTQ the weights sit on the grid, so each can only move to one side of its GPTQ
+code (which side depends on the float rounding of ``w / s``): AdaRound alone beat
+GPTQ + AdaRound on EfficientNet-Lite0 W4A8 (0.46 vs 0.35 top-1 agreement).
+
 Compared with AdaQuant (:mod:`quantune.calibration.adaquant`), the weights can only
 move to one of their two neighbouring grid points: far fewer degrees of freedom, so it
 overfits a small calibration set much less.

@@ -1,8 +1,8 @@
 """Data-driven steps run after a model is quantized: GPTQ, AdaRound, AdaQuant, BN re-estimation, bias correction.
 
-Order (as in Hubara et al.'s pipeline): weight rounding (GPTQ, then AdaRound from the
-GPTQ codes) and layer-wise calibration first (they change the weights and step sizes;
-AdaQuant starts from the rounded weights), then BatchNorm statistics on the calibrated model, then bias
+Order (as in Hubara et al.'s pipeline): weight rounding (GPTQ, then AdaRound) and
+layer-wise calibration first (they change the weights and step sizes; AdaQuant starts
+from the rounded weights), then BatchNorm statistics on the calibrated model, then bias
 correction, which removes whatever per-channel mean shift remains.
 """
 
