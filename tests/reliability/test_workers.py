@@ -90,9 +90,11 @@ def test_sigkilled_worker_is_failed_stale_and_a_restart_resumes(
     common = ("--eval-fn", "reliability_hooks:score", "--heartbeat", "2")
     victim = start_worker(postgres_url, study, "victim", *common, "--seed", "1",
                           env={"HANG_AT": "2", "MARKER": str(marker)})  # call 1 is the float baseline
-    others = {f"w{s}": start_worker(postgres_url, study, f"w{s}", *common, "--seed", str(s)) for s in (2, 3)}
+    # The survivors start once the victim is inside its trial: started together, on a
+    # loaded machine they finished the whole study before the victim got there.
     _wait_for(marker, victim, tmp_path / "victim.log")
     assert audit_study(postgres_url, study).running >= 1
+    others = {f"w{s}": start_worker(postgres_url, study, f"w{s}", *common, "--seed", str(s)) for s in (2, 3)}
     victim.send_signal(signal.SIGKILL)
     assert victim.wait(timeout=30) == -signal.SIGKILL
     others["restarted"] = start_worker(postgres_url, study, "restarted", *common, "--seed", "1")
