@@ -22,17 +22,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from quantune.calibration.layer_batches import LayerBatches, layer_forward
+from quantune.calibration.layer_batches import LayerBatches, eval_indices, layer_forward, rows_for
 from quantune.calibration.layer_io import LayerSamples
 from quantune.modules import QuantizedLayer
 from quantune.quantizer import fake_quantize
 
 # Step sizes and bias move 10x slower than weights: they act on every output at once.
 _SCALE_LR_FACTOR = 0.1
-# Linear layers see rows (tokens), far cheaper than conv samples: larger minibatches.
-LINEAR_ROWS_PER_SAMPLE = 16
-# Samples (conv) or rows (linear) used to measure the layer's error.
-_EVAL_SAMPLES = 256
 # Straight-through gradients do not descend the true (piecewise constant) loss: weights
 # near a rounding boundary oscillate and the error can rise again after a good start.
 # The error is measured this many times during the run and the best iterate is kept.
@@ -144,14 +140,12 @@ def adaquant_layer(
     start = time.perf_counter()
     n = len(samples)
     gen = torch.Generator().manual_seed(seed)
-    n_eval = _EVAL_SAMPLES * (LINEAR_ROWS_PER_SAMPLE if layer.kind == "linear" else 1)
-    eval_idx = torch.randperm(n, generator=gen)[: min(n, n_eval)]
+    eval_idx = eval_indices(layer, n, gen)
     train = _Trainable(layer, float(samples.y.float().std()))
     before = best = _mse(train, samples, eval_idx)
     best_state = train.state()
     opt = torch.optim.Adam(train.param_groups(lr))
-    batches = LayerBatches(layer, samples.x, samples.y,
-                           batch_size * (LINEAR_ROWS_PER_SAMPLE if layer.kind == "linear" else 1), gen)
+    batches = LayerBatches(layer, samples.x, samples.y, rows_for(layer, batch_size), gen)
     check_every = max(1, iters // _CHECKPOINTS)
     done = 0
     with torch.enable_grad():

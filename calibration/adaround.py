@@ -31,8 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from quantune.calibration.adaquant import LINEAR_ROWS_PER_SAMPLE
-from quantune.calibration.layer_batches import LayerBatches, layer_forward
+from quantune.calibration.layer_batches import LayerBatches, eval_indices, layer_forward, rows_for
 from quantune.calibration.layer_io import LayerSamples
 from quantune.modules import QuantizedLayer
 
@@ -42,8 +41,6 @@ ZETA, GAMMA = 1.1, -0.1
 # decays linearly from 20 (only h far from 0.5 pay) to 2 (every h pays to leave 0.5).
 WARMUP = 0.2
 BETA_START, BETA_END = 20.0, 2.0
-# Conv samples (or Linear rows / LINEAR_ROWS_PER_SAMPLE) used to measure the error.
-_EVAL_SAMPLES = 256
 
 
 @dataclass(frozen=True)
@@ -148,16 +145,15 @@ def adaround_layer(
         deadline: ``time.perf_counter()`` value after which no further step starts.
     """
     start = time.perf_counter()
-    per_sample = LINEAR_ROWS_PER_SAMPLE if layer.kind == "linear" else 1
     n = len(samples)
     gen = torch.Generator().manual_seed(seed)
     x_q = _quantized_inputs(layer, samples.x)
-    eval_idx = torch.randperm(n, generator=gen)[: min(n, _EVAL_SAMPLES * per_sample)]
+    eval_idx = eval_indices(layer, n, gen)
     rounding = _Rounding(layer)
     before = _mse(layer, x_q[eval_idx], samples.y[eval_idx], rounding.start)
     bias = None if layer.bias is None else layer.bias.detach()
     opt = torch.optim.Adam([rounding.v], lr=lr)
-    batches = LayerBatches(layer, x_q, samples.y, batch_size * per_sample, gen)
+    batches = LayerBatches(layer, x_q, samples.y, rows_for(layer, batch_size), gen)
     span = None if deadline is None else max(deadline - start, 1e-9)
     done = 0
     with torch.enable_grad():

@@ -6,8 +6,8 @@ takes 0.3-1.2 s on one CPU core, so a time budget of seconds per layer buys tens
 steps where the methods want thousands. A convolution's output error is a mean over
 output positions, so a random output *window* (the same one for every image of the
 step) gives an unbiased estimate of it at a fraction of the cost: the input region that
-produces the window is cut from the zero-padded input, and the convolution runs on it
-without padding. Linear layers (rows) and small feature maps draw whole rows/samples.
+produces the window is cut from the input (zero-padded where the window reaches past its
+border, as the convolution pads), and the convolution runs on it without padding. Linear layers (rows) and small feature maps draw whole rows/samples.
 AdaQuant and AdaRound both draw their steps here.
 """
 
@@ -21,6 +21,21 @@ from quantune.modules import QuantizedLayer
 # Output window side (positions) for conv2d minibatches: 16x16 of 112x112 is 1/49 of
 # the work per image, and still spans several receptive fields.
 WINDOW = 16
+# Linear layers see rows (tokens), far cheaper than conv samples: this many rows count
+# as one sample in step and evaluation sizes.
+LINEAR_ROWS_PER_SAMPLE = 16
+# Samples (conv) or sample-equivalents of rows (Linear) used to measure a layer's error.
+EVAL_SAMPLES = 256
+
+
+def rows_for(layer: QuantizedLayer, samples: int) -> int:
+    """Rows of the layer's cache worth ``samples`` samples (Linear: x ``LINEAR_ROWS_PER_SAMPLE``)."""
+    return samples * (LINEAR_ROWS_PER_SAMPLE if layer.kind == "linear" else 1)
+
+
+def eval_indices(layer: QuantizedLayer, n: int, generator: torch.Generator) -> torch.Tensor:
+    """A seeded subset of the ``n`` cached rows on which a layer's error is measured."""
+    return torch.randperm(n, generator=generator)[: min(n, rows_for(layer, EVAL_SAMPLES))]
 
 
 def layer_forward(layer: QuantizedLayer, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
@@ -54,12 +69,11 @@ class LayerBatches:
         self.gen = generator
         self.x = x
         self.window: tuple[int, int] | None = None
+        self.pad = (0, 0)
         pad = getattr(layer, "padding", 0)
         if (window is not None and layer.kind == "conv2d" and not isinstance(pad, str)
                 and y.shape[2] * y.shape[3] > window * window):
-            ph, pw = (pad, pad) if isinstance(pad, int) else pad
-            # Zero padding once, as the convolution pads its (quantized) input with zeros.
-            self.x = F.pad(x, (pw, pw, ph, ph))
+            self.pad = (pad, pad) if isinstance(pad, int) else tuple(pad)
             self.window = (min(window, y.shape[2]), min(window, y.shape[3]))
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,12 +86,16 @@ class LayerBatches:
         j0 = int(torch.randint(0, ow - ww + 1, (1,), generator=self.gen))
         (sh, sw), (dh, dw) = self.layer.stride, self.layer.dilation
         kh, kw = self.layer.weight.shape[2:]
-        # Output rows i0 .. i0+wh-1 read padded input rows i0*s .. (i0+wh-1)*s + d*(k-1).
-        rows = slice(i0 * sh, (i0 + wh - 1) * sh + dh * (kh - 1) + 1)
-        cols = slice(j0 * sw, (j0 + ww - 1) * sw + dw * (kw - 1) + 1)
+        # Output rows i0 .. i0+wh-1 read padded input rows i0*s .. (i0+wh-1)*s + d*(k-1),
+        # i.e. input rows shifted by -padding; what lies outside the input is zero.
+        top, bottom = i0 * sh - self.pad[0], (i0 + wh - 1) * sh + dh * (kh - 1) + 1 - self.pad[0]
+        left, right = j0 * sw - self.pad[1], (j0 + ww - 1) * sw + dw * (kw - 1) + 1 - self.pad[1]
+        h, w = self.x.shape[2:]
         # Slice first (a view), then gather the images: only the windows are copied.
-        return self.x[:, :, rows, cols][idx], self.y[:, :, i0:i0 + wh, j0:j0 + ww][idx]
+        x = self.x[:, :, max(top, 0):min(bottom, h), max(left, 0):min(right, w)][idx]
+        x = F.pad(x, (max(-left, 0), max(right - w, 0), max(-top, 0), max(bottom - h, 0)))
+        return x, self.y[:, :, i0:i0 + wh, j0:j0 + ww][idx]
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        """The layer on a drawn minibatch (already padded when windows are drawn)."""
+        """The layer on a drawn minibatch (windows come already padded)."""
         return layer_forward(self.layer, x, w, b, padding=0 if self.window is not None else None)
