@@ -96,6 +96,8 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
             "calib_s": round(calib_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
             "edges_8bit": a_bits < 8 or (args.edges_8bit and w_bits < 8),
         }
+        if proc.adaquant or proc.adaround:
+            row["layerwise_holdout"] = proc.layerwise_holdout
         rows.append(row)
         print(f"{name:20s} W{w_bits}A{a_bits} {label:28s} {entry.primary_metric}={metric:.4f} "
               f"calib={calib_s:7.1f}s rss={row['peak_rss_mb']:.0f}MB", flush=True)
@@ -109,7 +111,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
     label = best if pct is None else f"{best}{pct}"
     # A budget of 0 means none: every layer runs its full iterations (reproducible on any machine).
     ada = {"adaquant_iters": args.adaquant_iters, "adaquant_time_budget_s": args.adaquant_budget or None,
-           "adaround_iters": args.adaround_iters}
+           "adaround_iters": args.adaround_iters, "layerwise_holdout": args.holdout}
 
     def lab(key: str) -> str:
         return label if key == "base" else f"{label}+{key}"
@@ -183,6 +185,8 @@ def main() -> None:
                     help="keep the first and last layers at W8A8 in the W4A8 / W7A8 rows too")
     ap.add_argument("--adaround-iters", type=int, default=1000, help="AdaRound steps per layer")
     ap.add_argument("--adaquant-iters", type=int, default=100, help="AdaQuant steps per layer")
+    ap.add_argument("--holdout", type=float, default=CalibrationProcedure().layerwise_holdout,
+                    help="share of calibration samples held out of AdaRound / AdaQuant to check each layer")
     ap.add_argument("--n-calib", type=int, help="calibration samples (default: the preset's)")
     ap.add_argument("--n-eval", type=int, help="evaluation samples (default: the preset's)")
     ap.add_argument("--methods", default=",".join(m for m, _ in W8_METHODS), help="W8A8 range methods")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from quantune.calibration.layer_batches import LayerBatches, eval_indices, layer_forward, rows_for
+from quantune.calibration.layer_batches import LayerBatches, layer_forward, rows_for, split_rows
 from quantune.calibration.layer_io import LayerSamples
 from quantune.modules import QuantizedLayer
 from quantune.quantizer import fake_quantize
@@ -124,6 +124,7 @@ def adaquant_layer(
     batch_size: int,
     seed: int,
     deadline: float | None = None,
+    holdout: float = 0.0,
 ) -> AdaQuantResult:
     """Calibrate one layer in place on its cached ``samples``; revert if it got worse.
 
@@ -136,16 +137,19 @@ def adaquant_layer(
         batch_size: conv samples per step (Linear rows: ``LINEAR_ROWS_PER_SAMPLE`` x this).
         seed: seed of the minibatch draws.
         deadline: ``time.perf_counter()`` value after which no further step starts.
+        holdout: share of the calibration samples kept out of the optimization; the best
+            iterate (and whether the layer keeps it) is chosen by the error on them.
     """
     start = time.perf_counter()
     n = len(samples)
     gen = torch.Generator().manual_seed(seed)
-    eval_idx = eval_indices(layer, n, gen)
+    split = split_rows(layer, samples, holdout, gen)
+    eval_idx = split.check
     train = _Trainable(layer, float(samples.y.float().std()))
     before = best = _mse(train, samples, eval_idx)
     best_state = train.state()
     opt = torch.optim.Adam(train.param_groups(lr))
-    batches = LayerBatches(layer, samples.x, samples.y, rows_for(layer, batch_size), gen)
+    batches = LayerBatches(layer, samples.x, samples.y, rows_for(layer, batch_size), gen, rows=split.fit)
     check_every = max(1, iters // _CHECKPOINTS)
     done = 0
     with torch.enable_grad():

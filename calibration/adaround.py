@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from quantune.calibration.layer_batches import LayerBatches, eval_indices, layer_forward, rows_for
+from quantune.calibration.layer_batches import LayerBatches, layer_forward, rows_for, split_rows
 from quantune.calibration.layer_io import LayerSamples
 from quantune.modules import QuantizedLayer
 
@@ -127,8 +127,9 @@ def adaround_layer(
     batch_size: int,
     seed: int,
     deadline: float | None = None,
+    holdout: float = 0.0,
 ) -> AdaRoundResult:
-    """Learn the rounding of one layer's weights in place; revert if the error grew.
+    """Learn the rounding of one layer's weights in place; revert unless the error fell.
 
     Args:
         name: the layer's module name (for the report).
@@ -143,17 +144,21 @@ def adaround_layer(
         batch_size: conv samples per step (Linear rows: ``LINEAR_ROWS_PER_SAMPLE`` x this).
         seed: seed of the minibatch draws.
         deadline: ``time.perf_counter()`` value after which no further step starts.
+        holdout: share of the calibration samples kept out of the optimization; the
+            error that decides whether the layer keeps its new rounding is measured on
+            them (:func:`quantune.calibration.layer_batches.split_rows`).
     """
     start = time.perf_counter()
     n = len(samples)
     gen = torch.Generator().manual_seed(seed)
     x_q = _quantized_inputs(layer, samples.x)
-    eval_idx = eval_indices(layer, n, gen)
+    split = split_rows(layer, samples, holdout, gen)
+    eval_idx = split.check
     rounding = _Rounding(layer)
     before = _mse(layer, x_q[eval_idx], samples.y[eval_idx], rounding.start)
     bias = None if layer.bias is None else layer.bias.detach()
     opt = torch.optim.Adam([rounding.v], lr=lr)
-    batches = LayerBatches(layer, x_q, samples.y, rows_for(layer, batch_size), gen)
+    batches = LayerBatches(layer, x_q, samples.y, rows_for(layer, batch_size), gen, rows=split.fit)
     span = None if deadline is None else max(deadline - start, 1e-9)
     done = 0
     with torch.enable_grad():

@@ -9,13 +9,22 @@ step) gives an unbiased estimate of it at a fraction of the cost: the input regi
 produces the window is cut from the input (zero-padded where the window reaches past its
 border, as the convolution pads), and the convolution runs on it without padding. Linear layers (rows) and small feature maps draw whole rows/samples.
 AdaQuant and AdaRound both draw their steps here.
+
+A layer keeps what the optimization found only if its error fell on *held-out*
+calibration samples (:func:`split_rows`): with few samples and many weights, learned
+roundings fit the rows they were trained on (MiniLM-L6 W4A8, 32 sentences: every layer's
+error fell on its training tokens while the model's cosine on other sentences dropped
+from 0.93 to 0.84).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
+from quantune.calibration.layer_io import LayerSamples
 from quantune.modules import QuantizedLayer
 
 # Output window side (positions) for conv2d minibatches: 16x16 of 112x112 is 1/49 of
@@ -26,6 +35,9 @@ WINDOW = 16
 LINEAR_ROWS_PER_SAMPLE = 16
 # Samples (conv) or sample-equivalents of rows (Linear) used to measure a layer's error.
 EVAL_SAMPLES = 256
+# Fewer calibration samples than this cannot spare any for a held-out check: the error
+# is then measured on the training rows.
+MIN_SAMPLES_TO_HOLD_OUT = 4
 
 
 def rows_for(layer: QuantizedLayer, samples: int) -> int:
@@ -33,9 +45,44 @@ def rows_for(layer: QuantizedLayer, samples: int) -> int:
     return samples * (LINEAR_ROWS_PER_SAMPLE if layer.kind == "linear" else 1)
 
 
-def eval_indices(layer: QuantizedLayer, n: int, generator: torch.Generator) -> torch.Tensor:
-    """A seeded subset of the ``n`` cached rows on which a layer's error is measured."""
-    return torch.randperm(n, generator=generator)[: min(n, rows_for(layer, EVAL_SAMPLES))]
+def _capped(layer: QuantizedLayer, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A seeded subset of ``rows``, at most ``EVAL_SAMPLES`` samples' worth."""
+    return rows[torch.randperm(len(rows), generator=generator)[: rows_for(layer, EVAL_SAMPLES)]]
+
+
+@dataclass(frozen=True)
+class RowSplit:
+    """Which cached rows a layer-wise method trains on and which it checks its result on.
+
+    Attributes:
+        fit: row indices the minibatches are drawn from.
+        check: row indices the error before and after is measured on.
+        held_out: whether ``check`` is disjoint from ``fit`` (whole samples held out).
+    """
+
+    fit: torch.Tensor
+    check: torch.Tensor
+    held_out: bool
+
+
+def split_rows(layer: QuantizedLayer, samples: LayerSamples, holdout: float,
+               generator: torch.Generator) -> RowSplit:
+    """Hold out a seeded ``holdout`` share of the calibration *samples* (a sentence's tokens
+    stay together: tokens of one sentence are too alike to tell fitting from overfitting).
+
+    With ``holdout == 0``, or too few samples to spare one, every row trains and the error
+    is checked on (a subset of) the training rows.
+    """
+    ids = samples.ids()
+    unique = torch.unique(ids)
+    k = round(holdout * len(unique))
+    if holdout <= 0 or len(unique) < MIN_SAMPLES_TO_HOLD_OUT or k < 1:
+        every = torch.arange(len(samples))
+        return RowSplit(every, _capped(layer, every, generator), False)
+    held = unique[torch.randperm(len(unique), generator=generator)[: min(k, len(unique) - 1)]]
+    in_check = torch.isin(ids, held)
+    check = torch.nonzero(in_check).flatten()
+    return RowSplit(torch.nonzero(~in_check).flatten(), _capped(layer, check, generator), True)
 
 
 def layer_forward(layer: QuantizedLayer, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
@@ -58,13 +105,15 @@ class LayerBatches:
         batch: samples (conv) or rows (Linear) per minibatch.
         generator: the seeded source of every draw.
         window: output window side for conv2d (None: whole feature maps).
+        rows: the row indices to draw from (None: all of them).
     """
 
     def __init__(self, layer: QuantizedLayer, x: torch.Tensor, y: torch.Tensor, batch: int,
-                 generator: torch.Generator, window: int | None = WINDOW) -> None:
+                 generator: torch.Generator, window: int | None = WINDOW, rows: torch.Tensor | None = None) -> None:
         self.layer = layer
         self.y = y
-        self.n = int(x.shape[0])
+        self.rows = rows
+        self.n = int(x.shape[0]) if rows is None else len(rows)
         self.batch = min(self.n, batch)
         self.gen = generator
         self.x = x
@@ -79,6 +128,8 @@ class LayerBatches:
     def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One random minibatch: whole samples/rows, or one output window of each."""
         idx = torch.randint(0, self.n, (self.batch,), generator=self.gen)
+        if self.rows is not None:
+            idx = self.rows[idx]
         if self.window is None:
             return self.x[idx], self.y[idx]
         (wh, ww), (oh, ow) = self.window, self.y.shape[2:]

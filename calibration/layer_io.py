@@ -29,13 +29,22 @@ class StopForward(Exception):
 
 @dataclass
 class LayerSamples:
-    """Cached inputs ``x`` and float targets ``y`` of one layer (rows of equal index match)."""
+    """Cached inputs ``x`` and float targets ``y`` of one layer (rows of equal index match).
+
+    ``sample_ids``: the calibration sample each row comes from (a sentence's tokens share
+    one), so that rows can be held out by sample; None: every row is its own sample.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
+    sample_ids: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+    def ids(self) -> torch.Tensor:
+        """The sample id of every row."""
+        return self.sample_ids if self.sample_ids is not None else torch.arange(len(self))
 
 
 def capture_inputs(model: nn.Module, layer_name: str, batches: Iterable[Any]) -> Iterable[tuple[int, torch.Tensor]]:
@@ -68,6 +77,22 @@ def capture_inputs(model: nn.Module, layer_name: str, batches: Iterable[Any]) ->
 def as_rows(x: torch.Tensor, kind: str) -> torch.Tensor:
     """Linear inputs ``[..., in]`` as rows ``[M, in]``; conv inputs stay per sample."""
     return x.reshape(-1, x.shape[-1]) if kind == "linear" else x
+
+
+def samples_in(x: torch.Tensor) -> int:
+    """Calibration samples in a layer input: its batch dimension (a 1-D input is one)."""
+    return int(x.shape[0]) if x.dim() > 1 else 1
+
+
+def row_sample_ids(x: torch.Tensor, kind: str, first_id: int) -> torch.Tensor:
+    """The sample id of each of ``as_rows(x, kind)``'s rows, samples numbered from ``first_id``.
+
+    A Linear input ``[batch, tokens..., in]`` has ``prod(tokens)`` rows per sample; a 2-D
+    Linear input and a convolution's input have one.
+    """
+    n = samples_in(x)
+    rows = as_rows(x, kind).shape[0]
+    return torch.arange(first_id, first_id + n).repeat_interleave(rows // n)
 
 
 class RowSelector:
@@ -116,11 +141,16 @@ def collect_layer_samples(
     """
     float_layer = float_model.get_submodule(layer_name)
     ys: dict[int, torch.Tensor] = {}
+    ids: dict[int, torch.Tensor] = {}
+    first_id = 0
     with torch.no_grad():
         for i, x in capture_inputs(float_model, layer_name, batches):
             # forward() skips module hooks (the capture hook is still registered here).
             y = float_layer.forward(x)
             ys[i] = selector.pick(as_rows(y, kind), i).clone()
+            # The same (seed, layer, batch) draw as the rows: ids stay row for row.
+            ids[i] = selector.pick(row_sample_ids(x, kind, first_id), i)
+            first_id += samples_in(x)
     if not ys:
         return None
     xs: dict[int, torch.Tensor] = {}
@@ -130,7 +160,8 @@ def collect_layer_samples(
     keys = [i for i in sorted(ys) if i in xs]
     if not keys:
         return None
-    return LayerSamples(torch.cat([xs[i] for i in keys]), torch.cat([ys[i] for i in keys]))
+    return LayerSamples(torch.cat([xs[i] for i in keys]), torch.cat([ys[i] for i in keys]),
+                        torch.cat([ids[i] for i in keys]))
 
 
 def bytes_per_row(in_shape: tuple[int, ...], out_shape: tuple[int, ...], kind: str) -> int:

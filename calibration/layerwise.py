@@ -64,13 +64,14 @@ def layer_step(method: str, procedure: CalibrationProcedure) -> LayerStep:
     def adaquant(name: str, layer: QuantizedLayer, samples: LayerSamples, *, seed: int,
                  deadline: float | None) -> AdaQuantResult:
         return adaquant_layer(name, layer, samples, iters=procedure.adaquant_iters, lr=procedure.adaquant_lr,
-                              batch_size=procedure.adaquant_batch_size, seed=seed, deadline=deadline)
+                              batch_size=procedure.adaquant_batch_size, seed=seed, deadline=deadline,
+                              holdout=procedure.layerwise_holdout)
 
     def adaround(name: str, layer: QuantizedLayer, samples: LayerSamples, *, seed: int,
                  deadline: float | None) -> AdaRoundResult:
         return adaround_layer(name, layer, samples, iters=procedure.adaround_iters, lr=procedure.adaround_lr,
                               reg=procedure.adaround_reg, batch_size=procedure.adaround_batch_size, seed=seed,
-                              deadline=deadline)
+                              deadline=deadline, holdout=procedure.layerwise_holdout)
 
     steps = {"adaquant": adaquant, "adaround": adaround}
     if method not in steps:

@@ -145,6 +145,10 @@ class CalibrationProcedure:
             output window of at most 16x16 positions on large maps; Linear layers: 16x
             as many rows). Small batches buy many more steps in a time budget: on
             EfficientNet-Lite0 W4A8 (300 s) 8 beat 32 (top-1 agreement 0.64 vs 0.46).
+        layerwise_holdout: share of the calibration samples AdaRound and AdaQuant keep
+            out of each layer's optimization; a layer keeps its result only if its
+            error fell on them (0: train and check on the same rows; with fewer than
+            4 samples nothing is held out).
         gptq: round the weights with GPTQ against each layer's input Hessian (runs
             first; the grid of the weight range method is kept).
         gptq_damp: GPTQ's Hessian damping, a fraction of the mean diagonal.
@@ -176,6 +180,7 @@ class CalibrationProcedure:
     adaround_lr: float = 1e-2
     adaround_reg: float = 0.01
     adaround_batch_size: int = 8
+    layerwise_holdout: float = 0.25
 
     def __post_init__(self) -> None:
         if self.max_samples is not None and self.max_samples < 1:
@@ -196,6 +201,8 @@ class CalibrationProcedure:
             raise UserInputError(f"adaround_lr must be in (0, 10), got {self.adaround_lr!r}.")
         if not float(self.adaround_reg) >= 0.0:
             raise UserInputError(f"adaround_reg must be >= 0, got {self.adaround_reg!r}.")
+        if not 0.0 <= float(self.layerwise_holdout) <= 0.5:
+            raise UserInputError(f"layerwise_holdout must be in [0, 0.5], got {self.layerwise_holdout!r}.")
         if not 0.0 < float(self.gptq_damp) <= 1.0:
             raise UserInputError(f"gptq_damp must be in (0, 1], got {self.gptq_damp!r}.")
 

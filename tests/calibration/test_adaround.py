@@ -1,13 +1,23 @@
-"""AdaRound: learned rounding stays on the grid, lowers the layer error, is deterministic."""
+"""AdaRound: learned rounding stays on the grid, lowers the layer error, is deterministic,
+and is kept only if held-out calibration samples confirm it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from quantune.calibration.adaquant import adaquant_layer
 from quantune.calibration.adaround import adaround_layer
-from quantune.calibration.layer_io import RowSelector, collect_layer_samples
+from quantune.calibration.layer_batches import split_rows
+from quantune.calibration.layer_io import (
+    LayerSamples,
+    RowSelector,
+    as_rows,
+    collect_layer_samples,
+    row_sample_ids,
+)
 from quantune.config import (
     ActQuant,
     CalibrationProcedure,
@@ -16,6 +26,7 @@ from quantune.config import (
     WeightQuant,
 )
 from quantune.errors import UserInputError
+from quantune.modules import QuantizedLayer
 from quantune.prepare import prepare
 
 W3A8 = LayerQuantConfig(WeightQuant(bits=3), ActQuant(bits=8))
@@ -112,3 +123,51 @@ def test_adaround_steps_and_options():
         CalibrationProcedure(adaround_iters=-1)
     with pytest.raises(UserInputError, match="adaround_reg"):
         CalibrationProcedure(adaround_reg=-0.5)
+
+
+def _trap(seed: int, trapped: bool = True) -> tuple[QuantizedLayer, LayerSamples]:
+    """A Linear layer whose held-out sentences (``trapped``) want nearest rounding: their
+    targets are its current output, while the other sentences want the float output, so
+    what is learned on the others can only raise the held-out error."""
+    torch.manual_seed(0)
+    layer = QuantizedLayer(nn.Linear(32, 16), LayerQuantConfig(WeightQuant(bits=3), None))
+    layer.set_weight_qparams(layer.weight.detach().abs().amax(dim=1) / 3, torch.zeros(16, dtype=torch.int32))
+    # Correlated input features: there, rounding errors of different weights can cancel.
+    x = torch.randn(64, 8, 4) @ torch.randn(4, 32) + 0.1 * torch.randn(64, 8, 32)
+    rows = as_rows(x, "linear")
+    samples = LayerSamples(rows, torch.zeros(len(rows), 16), row_sample_ids(x, "linear", 0))
+    held = split_rows(layer, samples, 0.25, torch.Generator().manual_seed(seed)).check
+    with torch.no_grad():
+        samples.y[:] = F.linear(rows, layer.weight, layer.bias)
+        if trapped:
+            samples.y[held] = F.linear(rows[held], layer.fake_quant_weight(), layer.bias)
+    return layer, samples
+
+
+def _adaround(layer, samples, holdout):
+    return adaround_layer("fc", layer, samples, iters=200, lr=1e-2, reg=0.01, batch_size=8, seed=5, holdout=holdout)
+
+
+def _adaquant(layer, samples, holdout):
+    return adaquant_layer("fc", layer, samples, iters=200, lr=1e-3, batch_size=8, seed=5, holdout=holdout)
+
+
+@pytest.mark.parametrize("method", [_adaround, _adaquant])
+def test_layerwise_result_is_kept_only_if_held_out_samples_agree(method):
+    layer, samples = _trap(seed=5)
+    w = layer.weight.detach().clone()
+    res = method(layer, samples, 0.25)
+    assert res.mse_before == 0.0 and not res.kept
+    torch.testing.assert_close(layer.weight.detach(), w)  # untouched
+    # Where the held-out sentences want what the others want, the result is kept.
+    layer, samples = _trap(seed=5, trapped=False)
+    res = method(layer, samples, 0.25)
+    assert res.kept and res.mse_after < res.mse_before
+
+
+def test_checked_on_its_training_rows_the_trapped_result_would_be_kept():
+    layer, samples = _trap(seed=5)
+    start = layer.fake_quant_weight().detach()
+    res = _adaquant(layer, samples, 0.0)
+    assert res.kept and res.mse_after < res.mse_before
+    assert not torch.equal(layer.fake_quant_weight().detach(), start)

@@ -1,4 +1,5 @@
-"""Layer-wise minibatches: a conv's output window equals the same window of the full output."""
+"""Layer-wise minibatches: a conv's output window equals the same window of the full output;
+held-out samples never reach the optimizer; row sample ids follow the row selection."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from quantune.calibration.layer_batches import LayerBatches
+from quantune.calibration.layer_batches import MIN_SAMPLES_TO_HOLD_OUT, LayerBatches, split_rows
+from quantune.calibration.layer_io import LayerSamples, RowSelector, as_rows, row_sample_ids
 from quantune.config import ActQuant, LayerQuantConfig, WeightQuant
 from quantune.modules import QuantizedLayer
 
@@ -51,3 +53,52 @@ def test_small_maps_linear_rows_and_string_padding_draw_whole_samples():
     assert xb.shape == (32, 6) and yb.shape == (32, 3)
     # A batch larger than the data draws as many rows as there are.
     assert LayerBatches(linear, rows[:7], rows[:7, :3], batch=32, generator=torch.Generator()).draw()[0].shape[0] == 7
+
+
+def _token_samples(sentences: int, tokens: int) -> LayerSamples:
+    x = torch.randn(sentences, tokens, 6)
+    rows = as_rows(x, "linear")
+    return LayerSamples(rows, rows[:, :3], row_sample_ids(x, "linear", 0))
+
+
+def test_row_sample_ids_group_tokens_and_follow_the_row_selection():
+    x = torch.randn(3, 4, 6)
+    ids = row_sample_ids(x, "linear", 10)
+    assert ids.tolist() == [10] * 4 + [11] * 4 + [12] * 4
+    assert row_sample_ids(torch.randn(5, 6), "linear", 0).tolist() == [0, 1, 2, 3, 4]
+    assert row_sample_ids(torch.randn(6), "linear", 7).tolist() == [7]
+    assert row_sample_ids(torch.randn(2, 3, 8, 8), "conv2d", 0).tolist() == [0, 1]
+    # The selector draws the same rows from the ids as from the data (seeded per batch).
+    sel = RowSelector(0.5, seed=3, layer_index=2)
+    rows = as_rows(x, "linear")
+    picked_rows, picked_ids = sel.pick(rows, 1), sel.pick(ids, 1)
+    assert len(picked_rows) == len(picked_ids) == 6
+    for row, sample in zip(picked_rows, picked_ids, strict=True):
+        assert (rows[ids == sample] == row).all(dim=1).any()
+
+
+def test_split_holds_out_whole_sentences_and_batches_never_draw_them():
+    torch.manual_seed(0)
+    linear = QuantizedLayer(nn.Linear(6, 3), CFG)
+    samples = _token_samples(sentences=12, tokens=5)
+    split = split_rows(linear, samples, 0.25, torch.Generator().manual_seed(0))
+    ids = samples.ids()
+    held = set(ids[split.check].tolist())
+    assert split.held_out and len(held) == 3  # round(0.25 * 12) sentences
+    assert set(ids[split.fit].tolist()).isdisjoint(held)
+    assert len(split.fit) + len(split.check) == len(samples)  # every token of a held-out sentence
+    b = LayerBatches(linear, samples.x, samples.y, batch=64, generator=torch.Generator().manual_seed(1),
+                     rows=split.fit)
+    fit_rows = samples.x[split.fit]
+    for _ in range(20):
+        xb, yb = b.draw()
+        assert (xb[:, None, :] == fit_rows[None]).all(dim=2).any(dim=1).all()
+        torch.testing.assert_close(yb, xb[:, :3])  # targets stay row for row
+
+
+def test_split_without_holdout_or_with_too_few_samples_checks_the_training_rows():
+    linear = QuantizedLayer(nn.Linear(6, 3), CFG)
+    for samples, share in ((_token_samples(12, 5), 0.0), (_token_samples(MIN_SAMPLES_TO_HOLD_OUT - 1, 5), 0.5)):
+        split = split_rows(linear, samples, share, torch.Generator().manual_seed(0))
+        assert not split.held_out and len(split.fit) == len(samples)
+        assert set(split.check.tolist()) <= set(split.fit.tolist())
