@@ -26,6 +26,7 @@ from quantune.calibration.layer_io import StopForward
 from quantune.calibration.layerwise import execution_order
 from quantune.modules import QuantizedLayer
 from quantune.progress import progress_bar
+from quantune.token_mask import real_tokens
 
 
 def output_means(model: nn.Module, kinds: dict[str, str], batches: list[Any], stop: bool) -> dict[str, ChannelMoments]:
@@ -34,7 +35,7 @@ def output_means(model: nn.Module, kinds: dict[str, str], batches: list[Any], st
 
     def hook(name: str) -> Callable[..., None]:
         def fn(mod: nn.Module, inputs: tuple[Any, ...], out: torch.Tensor) -> None:
-            moments[name].update(out, kinds[name])
+            moments[name].update(real_tokens(out, kinds[name]), kinds[name])
             if stop:
                 raise StopForward
 

@@ -11,6 +11,7 @@ from torch import nn
 from quantune.batches import batch_size, iter_batches, run_checked
 from quantune.calibration.histogram import DEFAULT_BINS, StreamingHistogram
 from quantune.progress import progress_bar
+from quantune.token_mask import real_tokens
 
 
 def collect_input_stats(
@@ -35,7 +36,7 @@ def collect_input_stats(
         def fn(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
             x = inputs[0]
             if torch.is_tensor(x) and x.is_floating_point():
-                stats[name].update(x)
+                stats[name].update(real_tokens(x, "linear" if isinstance(mod, nn.Linear) else "other"))
 
         return fn
 

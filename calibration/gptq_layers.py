@@ -45,6 +45,7 @@ from quantune.calibration.layer_io import capture_inputs
 from quantune.calibration.layerwise import execution_order
 from quantune.modules import QuantizedLayer
 from quantune.progress import progress_bar
+from quantune.token_mask import real_tokens
 
 # W* = W C H^-1 is estimated from the data: only with this many rows per input dimension.
 MIN_ROWS_PER_INPUT = 8
@@ -139,7 +140,7 @@ def _parallel_moments(model: nn.Module, qlayers: dict[str, QuantizedLayer], batc
 
     def hook(name: str) -> Callable[..., None]:
         def fn(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
-            moments[name].update(qlayers[name].fake_quant_input(inputs[0]))
+            moments[name].update(qlayers[name].fake_quant_input(real_tokens(inputs[0], qlayers[name].kind)))
 
         return fn
 
@@ -159,14 +160,14 @@ def _sequential_moments(qmodel: nn.Module, float_model: nn.Module | None, name: 
     """The layer's input moments in the partially rounded model, paired with the float inputs."""
     moments = InputMoments(layer)
     for batch in batches:  # batch by batch: the paired inputs are never all held at once
-        got_q = list(capture_inputs(qmodel, name, [batch]))
+        got_q = list(capture_inputs(qmodel, name, [batch], layer.kind))
         if not got_q:
             continue
         x_f = None
         if float_model is not None:
-            got_f = list(capture_inputs(float_model, name, [batch]))
-            x_f = layer.fake_quant_input(got_f[0][1]) if got_f else None
-        moments.update(layer.fake_quant_input(got_q[0][1]), x_f)
+            got_f = list(capture_inputs(float_model, name, [batch], layer.kind))
+            x_f = layer.fake_quant_input(got_f[0].x) if got_f else None
+        moments.update(layer.fake_quant_input(got_q[0].x), x_f)
     return moments
 
 

@@ -13,14 +13,15 @@ inputs plus targets fit ``cache_bytes`` whatever the size of the calibration set
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from quantune.batches import run_model
+from quantune.batches import batch_size, run_model
+from quantune.token_mask import real_token_samples, real_tokens
 
 
 class StopForward(Exception):
@@ -47,16 +48,31 @@ class LayerSamples:
         return self.sample_ids if self.sample_ids is not None else torch.arange(len(self))
 
 
-def capture_inputs(model: nn.Module, layer_name: str, batches: Iterable[Any]) -> Iterable[tuple[int, torch.Tensor]]:
-    """Yield ``(batch_index, input)`` of ``layer_name``'s first call on each batch.
+class CapturedInput(NamedTuple):
+    """One batch's input of a layer.
+
+    ``x``: the input; for a Linear layer of a padded text batch only the real tokens'
+    rows ``[rows, in]`` (:mod:`quantune.token_mask`). ``row_samples``: then, each row's
+    sample index within the batch (None when nothing was dropped).
+    """
+
+    index: int
+    x: torch.Tensor
+    row_samples: torch.Tensor | None
+
+
+def capture_inputs(model: nn.Module, layer_name: str, batches: Iterable[Any], kind: str
+                   ) -> Iterable[CapturedInput]:
+    """Yield the input of ``layer_name``'s (a ``kind`` layer) first call on each batch.
 
     Batches on which the layer does not run are skipped (their index is missing).
     """
     module = model.get_submodule(layer_name)
-    box: list[torch.Tensor] = []
+    box: list[tuple[torch.Tensor, torch.Tensor | None]] = []
 
     def hook(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
-        box.append(inputs[0].detach())
+        x = inputs[0].detach()
+        box.append((real_tokens(x, kind), real_token_samples(x, kind)))
         raise StopForward
 
     handle = module.register_forward_pre_hook(hook)
@@ -69,7 +85,7 @@ def capture_inputs(model: nn.Module, layer_name: str, batches: Iterable[Any]) ->
                 except StopForward:
                     pass
                 if box:
-                    yield i, box[0]
+                    yield CapturedInput(i, *box[0])
     finally:
         handle.remove()
 
@@ -132,31 +148,46 @@ def collect_layer_samples(
     kind: str,
     batches: list[Any],
     selector: RowSelector,
+    float_target: bool = True,
 ) -> LayerSamples | None:
-    """Cache the layer's inputs from ``input_model`` and float targets from ``float_model``.
+    """Cache the layer's inputs from ``input_model`` and float targets.
 
-    ``input_model`` is the partially quantized model (sequential AdaQuant) or the float
-    model itself. Targets are the float layer applied to the float model's input.
-    Returns None when the layer never runs on the data.
+    ``input_model`` is the partially quantized model (sequential mode) or the float model
+    itself. Targets are the float layer applied to the float model's input
+    (``float_target``: the quantized layer then also absorbs the error of the layers before
+    it) or to the cached input itself (it only has to reproduce the float layer on what it
+    is fed). Returns None when the layer never runs on the data.
     """
     float_layer = float_model.get_submodule(layer_name)
+    offsets = [0]
+    for batch in batches:
+        offsets.append(offsets[-1] + batch_size(batch))
+
+    def captured(model: nn.Module) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """``(batch index, input, each input row's sample id)``."""
+        for i, x, row_samples in capture_inputs(model, layer_name, batches, kind):
+            ids = row_sample_ids(x, kind, offsets[i]) if row_samples is None else row_samples + offsets[i]
+            yield i, x, ids
+
+    # The same (seed, layer, batch) draw picks the rows of inputs, targets and ids.
+    def pick(rows: torch.Tensor, i: int) -> torch.Tensor:
+        return selector.pick(rows, i).clone()
+
     ys: dict[int, torch.Tensor] = {}
     ids: dict[int, torch.Tensor] = {}
-    first_id = 0
-    with torch.no_grad():
-        for i, x in capture_inputs(float_model, layer_name, batches):
-            # forward() skips module hooks (the capture hook is still registered here).
-            y = float_layer.forward(x)
-            ys[i] = selector.pick(as_rows(y, kind), i).clone()
-            # The same (seed, layer, batch) draw as the rows: ids stay row for row.
-            ids[i] = selector.pick(row_sample_ids(x, kind, first_id), i)
-            first_id += samples_in(x)
-    if not ys:
-        return None
     xs: dict[int, torch.Tensor] = {}
-    for i, x in capture_inputs(input_model, layer_name, batches):
-        if i in ys:
-            xs[i] = selector.pick(as_rows(x, kind), i).clone()
+    with torch.no_grad():
+        if float_target:
+            for i, x, row_ids in captured(float_model):
+                # forward() skips module hooks (the capture hook is still registered here).
+                ys[i], ids[i] = pick(as_rows(float_layer.forward(x), kind), i), pick(row_ids, i)
+            if not ys:
+                return None
+        for i, x, row_ids in captured(input_model):
+            if not float_target:
+                ys[i], ids[i] = pick(as_rows(float_layer.forward(x), kind), i), pick(row_ids, i)
+            if i in ys:
+                xs[i] = pick(as_rows(x, kind), i)
     keys = [i for i in sorted(ys) if i in xs]
     if not keys:
         return None

@@ -128,7 +128,8 @@ def run_layerwise(
                 procedure.seed,
                 k,
             )
-            samples = collect_layer_samples(float_model, input_model, name, li.kind, batches, selector)
+            samples = collect_layer_samples(float_model, input_model, name, li.kind, batches, selector,
+                                            procedure.layerwise_float_target)
             if samples is not None:
                 deadline = None
                 if budget is not None:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from quantune.errors import UserInputError
+from quantune.token_mask import active_token_mask
 
 
 def model_inputs(batch: Any) -> Any:
@@ -35,11 +36,16 @@ def batch_labels(batch: Any) -> torch.Tensor | None:
 
 
 def run_model(model: nn.Module, batch: Any) -> Any:
-    """Call ``model`` on a batch following the batch conventions above."""
+    """Call ``model`` on a batch following the batch conventions above.
+
+    A keyword batch's ``attention_mask`` is the active token mask meanwhile, so that
+    calibration hooks skip padded positions (:mod:`quantune.token_mask`).
+    """
     inputs = model_inputs(batch)
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    return model(inputs)
+    with active_token_mask(inputs):
+        if isinstance(inputs, dict):
+            return model(**inputs)
+        return model(inputs)
 
 
 def batch_size(batch: Any) -> int:

@@ -149,6 +149,10 @@ class CalibrationProcedure:
             out of each layer's optimization; a layer keeps its result only if its
             error fell on them (0: train and check on the same rows; with fewer than
             4 samples nothing is held out).
+        layerwise_float_target: (sequential) AdaRound / AdaQuant fit each layer to the
+            float model's layer output, so it also absorbs the error of the layers
+            before it; False: to the float layer applied to its own (quantized-model)
+            input, as GPTQ does by default.
         gptq: round the weights with GPTQ against each layer's input Hessian (runs
             first; the grid of the weight range method is kept).
         gptq_damp: GPTQ's Hessian damping, a fraction of the mean diagonal.
@@ -181,6 +185,7 @@ class CalibrationProcedure:
     adaround_reg: float = 0.01
     adaround_batch_size: int = 8
     layerwise_holdout: float = 0.25
+    layerwise_float_target: bool = True
 
     def __post_init__(self) -> None:
         if self.max_samples is not None and self.max_samples < 1:

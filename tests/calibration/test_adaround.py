@@ -15,6 +15,7 @@ from quantune.calibration.layer_io import (
     LayerSamples,
     RowSelector,
     as_rows,
+    capture_inputs,
     collect_layer_samples,
     row_sample_ids,
 )
@@ -171,3 +172,21 @@ def test_checked_on_its_training_rows_the_trapped_result_would_be_kept():
     res = _adaquant(layer, samples, 0.0)
     assert res.kept and res.mse_after < res.mse_before
     assert not torch.equal(layer.fake_quant_weight().detach(), start)
+
+
+def test_targets_are_the_float_models_output_or_the_float_layer_on_the_cached_input(cnn):
+    model, data = cnn
+    p = prepare(model, data)
+    q = p.quantize(_cfg(), "simulate")
+    name = "3"
+    li = next(i for i in p.layers if i.name == name)
+    batches = p.calibration_data(None, 0)
+    own = collect_layer_samples(p.float_model, q.model, name, li.kind, batches, RowSelector(1.0, 0, 0), False)
+    full = collect_layer_samples(p.float_model, q.model, name, li.kind, batches, RowSelector(1.0, 0, 0), True)
+    float_layer = p.float_model.get_submodule(name)
+    with torch.no_grad():
+        torch.testing.assert_close(own.y, float_layer(own.x))  # reproduce the float layer on its own input
+        torch.testing.assert_close(full.x, own.x)
+        float_inputs = torch.cat([x for _, x, _ in capture_inputs(p.float_model, name, batches, li.kind)])
+        torch.testing.assert_close(full.y, float_layer(float_inputs))  # the float model's own output
+    assert not torch.allclose(own.y, full.y)  # the quantized layers before it changed its input
