@@ -42,9 +42,10 @@ def _out_mse(q, model, x) -> float:
         return float(F.mse_loss(q(x), model(x)))
 
 
-def _layer_samples(p, q, name):
+def _layer_samples(p, q, name, float_target=True):
     li = next(i for i in p.layers if i.name == name)
-    return collect_layer_samples(p.float_model, q.model, name, li.kind, p.calibration_data(None, 0), RowSelector(1.0, 0, 0))
+    return collect_layer_samples(p.float_model, q.model, name, li.kind, p.calibration_data(None, 0),
+                                 RowSelector(1.0, 0, 0), float_target)
 
 
 @pytest.mark.parametrize(("granularity", "symmetric"), [("per_channel", True), ("per_tensor", False)])
@@ -175,18 +176,15 @@ def test_checked_on_its_training_rows_the_trapped_result_would_be_kept():
 
 
 def test_targets_are_the_float_models_output_or_the_float_layer_on_the_cached_input(cnn):
-    model, data = cnn
-    p = prepare(model, data)
+    p = prepare(*cnn)
     q = p.quantize(_cfg(), "simulate")
     name = "3"
-    li = next(i for i in p.layers if i.name == name)
+    own, full = _layer_samples(p, q, name, float_target=False), _layer_samples(p, q, name)
     batches = p.calibration_data(None, 0)
-    own = collect_layer_samples(p.float_model, q.model, name, li.kind, batches, RowSelector(1.0, 0, 0), False)
-    full = collect_layer_samples(p.float_model, q.model, name, li.kind, batches, RowSelector(1.0, 0, 0), True)
     float_layer = p.float_model.get_submodule(name)
     with torch.no_grad():
         torch.testing.assert_close(own.y, float_layer(own.x))  # reproduce the float layer on its own input
         torch.testing.assert_close(full.x, own.x)
-        float_inputs = torch.cat([x for _, x, _ in capture_inputs(p.float_model, name, batches, li.kind)])
+        float_inputs = torch.cat([x for _, x, _ in capture_inputs(p.float_model, name, batches, "conv2d")])
         torch.testing.assert_close(full.y, float_layer(float_inputs))  # the float model's own output
     assert not torch.allclose(own.y, full.y)  # the quantized layers before it changed its input
