@@ -60,15 +60,19 @@ def make_config(prepared: Any, w_bits: int, a_bits: int, method: str, pct: float
 
 
 # Procedure rows: "base", or steps joined by "+" (CalibrationProcedure.from_steps; they run
-# in the pipeline's order whatever the order written: GPTQ, AdaQuant, then bias correction).
+# in the pipeline's order whatever the order written: GPTQ, AdaRound, AdaQuant, then bias correction;
+# "@own": layer-wise targets from each layer's own input, see CalibrationProcedure.layerwise_float_target).
 LOW_BIT_PROCS = ("base", "biascorr", "gptq", "gptq+biascorr", "adaquant", "adaquant+biascorr",
-                 "gptq+adaquant+biascorr", "adaround", "adaround+biascorr", "gptq+adaround")
+                 "gptq+adaquant+biascorr", "adaround", "adaround+biascorr", "gptq+adaround", "adaround@own")
 W8_PROCS = ("biascorr", "gptq", "gptq+biascorr")
 
 
 def procedure(key: str, layerwise: dict[str, Any]) -> CalibrationProcedure:
-    """The :class:`CalibrationProcedure` of a row key such as ``gptq+biascorr``."""
-    return CalibrationProcedure.from_steps(key, **(layerwise if "ada" in key else {}))
+    """The :class:`CalibrationProcedure` of a row key such as ``gptq+biascorr``; a key ending
+    in ``@own`` fits AdaRound / AdaQuant to the float layer on its own input."""
+    steps, own = key.removesuffix("@own"), key.endswith("@own")
+    options = {**layerwise, "layerwise_float_target": not own} if "ada" in steps else {}
+    return CalibrationProcedure.from_steps(steps, **options)
 
 
 def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
@@ -98,6 +102,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
         }
         if proc.adaquant or proc.adaround:
             row["layerwise_holdout"] = proc.layerwise_holdout
+            row["layerwise_float_target"] = proc.layerwise_float_target
         rows.append(row)
         print(f"{name:20s} W{w_bits}A{a_bits} {label:28s} {entry.primary_metric}={metric:.4f} "
               f"calib={calib_s:7.1f}s rss={row['peak_rss_mb']:.0f}MB", flush=True)

@@ -54,3 +54,13 @@ def test_ptq_space_declares_precision_priors() -> None:
     assert dims["first_last_8bit"].values == (False, True) and dims["first_last_8bit"].monotone == 1
     assert dims["w_bits"].values == (4, 6, 7, 8) and dims["w_bits"].monotone == 1
     assert dims["gptq"].monotone == 0 and dims["a_method"].kind == "categorical"
+
+
+@pytest.mark.parametrize(("value", "on", "float_target", "label"),
+                         [(False, False, True, ""), (True, True, True, "+adaround"), ("own", True, False, "+adaround(own)")])
+def test_adaround_dimension_picks_the_layerwise_target(value, on, float_target, label) -> None:
+    from quantune.tune_space import describe_point, point_to_config
+
+    proc = point_to_config({"adaround": value}, ["a", "b", "c"]).procedure
+    assert (proc.adaround, proc.layerwise_float_target) == (on, float_target)
+    assert describe_point({"adaround": value}).endswith(label) and ("adaround" in describe_point({"adaround": value})) == on
