@@ -26,6 +26,7 @@ from quantune.batches import batch_size, run_model
 from quantune.bn_folding import set_submodule
 from quantune.modules import QuantizedLayer
 from quantune.search.sensitivity_losses import LossFn, output_tensor
+from quantune.token_mask import real_tokens
 
 Cell = tuple[int, int]
 #: Builds ``{layer: QuantizedLayer}`` for a cell.
@@ -148,7 +149,9 @@ def measure_output_error(
         def fn(mod: nn.Module, inputs: tuple[Any, ...], out: Any) -> None:
             if not torch.is_tensor(out):
                 return
-            x, y = inputs[0], out.detach().float()
+            # Padded text positions are no output's concern (quantune.token_mask).
+            kind = "linear" if isinstance(mod, nn.Linear) else "other"
+            x, y = real_tokens(inputs[0], kind), real_tokens(out.detach().float(), kind)
             signal[name] += float(y.pow(2).sum())
             for cell in cells:
                 q = qlayers[cell].get(name)

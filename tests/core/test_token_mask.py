@@ -1,8 +1,9 @@
 """Padded positions of text batches stay out of calibration: activation ranges, layer-wise
-samples and output statistics see only the real tokens."""
+samples, output statistics and the output-error sensitivity proxy see only the real tokens."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -10,6 +11,9 @@ from quantune.batches import run_model
 from quantune.calibration.bias_correction import output_means
 from quantune.calibration.collect import collect_input_stats
 from quantune.calibration.layer_io import RowSelector, collect_layer_samples
+from quantune.config import LayerQuantConfig, WeightQuant
+from quantune.modules import QuantizedLayer
+from quantune.search.sensitivity_probes import measure_output_error
 from quantune.token_mask import real_token_samples, real_tokens
 
 PAD = 0
@@ -85,3 +89,18 @@ def test_layer_samples_are_the_real_tokens_with_their_sentence_ids():
     assert float(samples.x.max()) < 1000.0
     with torch.no_grad():
         torch.testing.assert_close(samples.y, model.fc(samples.x))
+
+
+def test_output_error_proxy_measures_real_tokens_only():
+    model = TinyEncoder().eval()
+    batches = _batches()
+    cell = (4, 8)
+    layer = QuantizedLayer(model.fc, LayerQuantConfig(WeightQuant(bits=4), None))
+    layer.set_weight_qparams(model.fc.weight.detach().abs().amax(dim=1) / 7, torch.zeros(4, dtype=torch.int32))
+    err = measure_output_error(model, ["fc"], [cell], batches, lambda c: {"fc": layer}, lambda: None)
+    with torch.no_grad():
+        real = torch.cat([model.embed(b["input_ids"])[b["attention_mask"].bool()] for b in batches])
+        y = model.fc(real)
+        expected = float((layer(real) - y).pow(2).sum())
+    assert err.sse["fc"][cell] == pytest.approx(expected, rel=1e-4)
+    assert err.signal["fc"] == pytest.approx(float(y.pow(2).sum()), rel=1e-4)
