@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 # Activation methods are "name" or "percentile:<p>". 7-bit weights are stored as int8
 # like 8-bit ones but run one GEMM instead of two on x86 CPUs without VNNI (the
 # "reduce range" format; see quantune/kernels/onednn_pack.py).
+# AdaRound off, fitting each layer to the float model's output (True: it also absorbs the
+# error of the layers before it) or to the float layer on its own input ("own"). Which works
+# is model-specific: EfficientNet-Lite0 W4A8 0.52 vs 0.08, MiniLM-L6 W4A8 0.85 vs 0.957.
+ADAROUND_VALUES: tuple[Any, ...] = (False, True, "own")
 DEFAULT_DIMENSIONS: dict[str, tuple[Any, ...]] = {
     "w_bits": (8, 7, 6, 4),
     "a_bits": (8,),
@@ -37,10 +41,7 @@ DEFAULT_DIMENSIONS: dict[str, tuple[Any, ...]] = {
     "first_last_8bit": (True, False),
     "bias_correction": (False, True),
     "gptq": (False, True),
-    # AdaRound fitting each layer to the float model's output (True: also absorbs the error
-    # of the layers before it) or to the float layer on its own input ("own"). Which works
-    # is model-specific: EfficientNet-Lite0 W4A8 0.52 vs 0.08, MiniLM-L6 W4A8 0.85 vs 0.957.
-    "adaround": (False, True, "own"),
+    "adaround": ADAROUND_VALUES,
     "adaquant": (False, True),
     "calib_samples": (None,),
     "float_fallback": (0,),
@@ -99,6 +100,10 @@ def ptq_space(dimensions: Mapping[str, Sequence[Any]] | None = None, *, bit_budg
     unknown = set(dims) - set(DEFAULTS)
     if unknown:
         raise UserInputError(f"Unknown search dimension(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}.")
+    bad_adaround = [v for v in dims.get("adaround", ()) if v not in ADAROUND_VALUES]
+    if bad_adaround:
+        raise UserInputError(f"Unknown adaround value(s) {bad_adaround}; use false, true (float-model "
+                             "targets) or \"own\" (each layer's own input).")
     bad = set(dims.get("bit_policy", ())) - set(BIT_POLICIES)
     if bad:
         raise UserInputError(f"Unknown bit_policy value(s) {sorted(bad)}; use {BIT_POLICIES}.")

@@ -64,3 +64,8 @@ def test_adaround_dimension_picks_the_layerwise_target(value, on, float_target, 
     proc = point_to_config({"adaround": value}, ["a", "b", "c"]).procedure
     assert (proc.adaround, proc.layerwise_float_target) == (on, float_target)
     assert describe_point({"adaround": value}).endswith(label) and ("adaround" in describe_point({"adaround": value})) == on
+
+
+def test_unknown_adaround_value_is_a_clear_error() -> None:
+    with pytest.raises(UserInputError, match="adaround"):
+        ptq_space({"adaround": (False, "float")})
