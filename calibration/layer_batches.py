@@ -11,10 +11,9 @@ border, as the convolution pads), and the convolution runs on it without padding
 AdaQuant and AdaRound both draw their steps here.
 
 A layer keeps what the optimization found only if its error fell on *held-out*
-calibration samples (:func:`split_rows`): with few samples and many weights, learned
-roundings fit the rows they were trained on (MiniLM-L6 W4A8, 32 sentences: every layer's
-error fell on its training tokens while the model's cosine on other sentences dropped
-from 0.93 to 0.84).
+calibration samples (:func:`split_rows`): with few samples and many weights, a result
+can fit the rows it was trained on and nothing else. Holding out 25 % of 32 crops raised
+EfficientNet-Lite0 W4A8 AdaRound from 0.497 to 0.523 top-1 agreement (384 crops).
 """
 
 from __future__ import annotations

@@ -125,6 +125,9 @@ def test_adaround_steps_and_options():
         CalibrationProcedure(adaround_iters=-1)
     with pytest.raises(UserInputError, match="adaround_reg"):
         CalibrationProcedure(adaround_reg=-0.5)
+    for share in (-0.1, 0.6):
+        with pytest.raises(UserInputError, match="layerwise_holdout"):
+            CalibrationProcedure(layerwise_holdout=share)
 
 
 def _trap(seed: int, trapped: bool = True) -> tuple[QuantizedLayer, LayerSamples]:
