@@ -28,23 +28,15 @@ MASK_KEY = "attention_mask"
 _ACTIVE: ContextVar[torch.Tensor | None] = ContextVar("quantune_active_token_mask", default=None)
 
 
-def batch_token_mask(inputs: Any) -> torch.Tensor | None:
-    """The ``[batch, tokens]`` bool mask of a keyword batch, or None (no 2-D mask)."""
-    if not isinstance(inputs, Mapping):
-        return None
-    mask = inputs.get(MASK_KEY)
-    if not torch.is_tensor(mask) or mask.dim() != 2:
-        return None
-    return mask != 0
-
-
 @contextmanager
 def active_token_mask(inputs: Any) -> Iterator[None]:
-    """Make ``inputs``' token mask the active one for the duration (None: no masking)."""
-    mask = batch_token_mask(inputs)
-    if mask is not None and bool(mask.all()):
-        mask = None  # nothing padded: tensors pass through as they are
-    token = _ACTIVE.set(mask)
+    """Make ``inputs``' ``attention_mask`` the active one for the duration.
+
+    Only the tensor is recorded here (``run_model`` is on the inference hot path); it is
+    read when a calibration hook asks (:func:`real_tokens`).
+    """
+    raw = inputs.get(MASK_KEY) if isinstance(inputs, Mapping) else None
+    token = _ACTIVE.set(raw if torch.is_tensor(raw) else None)
     try:
         yield
     finally:
@@ -52,10 +44,12 @@ def active_token_mask(inputs: Any) -> Iterator[None]:
 
 
 def _aligned(x: torch.Tensor, kind: str) -> torch.Tensor | None:
-    mask = _ACTIVE.get()
-    if mask is None or kind != "linear" or x.dim() < 3 or tuple(x.shape[:2]) != tuple(mask.shape):
+    """The active mask as bool, if it applies to ``x`` and pads anything; else None."""
+    raw = _ACTIVE.get()
+    if raw is None or kind != "linear" or x.dim() < 3 or raw.dim() != 2 or tuple(x.shape[:2]) != tuple(raw.shape):
         return None
-    return mask.to(x.device)
+    mask = raw != 0
+    return None if bool(mask.all()) else mask.to(x.device)
 
 
 def real_tokens(x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -73,4 +67,4 @@ def real_token_samples(x: torch.Tensor, kind: str) -> torch.Tensor | None:
     return None if mask is None else torch.nonzero(mask)[:, 0]
 
 
-__all__ = ["MASK_KEY", "active_token_mask", "batch_token_mask", "real_token_samples", "real_tokens"]
+__all__ = ["MASK_KEY", "active_token_mask", "real_token_samples", "real_tokens"]
