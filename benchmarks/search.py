@@ -56,13 +56,19 @@ BREVITAS_CONFIG_COLUMNS = (
 BREVITAS_METRIC = "Top 1% quant accuracy"
 # Priors a quantization engineer states before any trial (values least to most precise;
 # None: numeric ascending): more weight bits, float scales over powers of two, a 32-bit
-# bias over a 16-bit one, per-channel over per-tensor weight scales. Dimensions whose
-# direction depends on the model (percentile, GPTQ act order, backend) get none.
+# bias over a 16-bit one, per-channel over per-tensor weight scales, and the backend that
+# quantizes fewest tensors last: Brevitas documents ``layerwise`` as quantizing only the
+# inputs and weights of compute-heavy layers, while ``generic`` also quantizes adds,
+# concatenations and activation outputs; ``flexml`` (an internal hardware backend, not
+# documented) is placed first, and swapping it with ``generic`` changes no replay median.
+# Dimensions whose direction depends on the model (percentile, GPTQ, act order, bias
+# correction) get none.
 BREVITAS_PRIORS: dict[str, tuple[Any, ...] | None] = {
     "Weight bit width": None,
     "Scale factor type": ("po2", "float32"),
     "Bias bit width": ("int16", "int32"),
     "Scaling per output channel": (False, True),
+    "Target backend": ("flexml", "generic", "layerwise"),
 }
 # Public figures of the torchvision models (params, MACs at 224x224, conv/linear count,
 # share of depthwise convolutions): the model descriptors used by transfer.

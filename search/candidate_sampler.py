@@ -13,7 +13,7 @@ a stateful generator, so a resumed or re-run study proposes the same configurati
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -132,6 +132,15 @@ class CandidateSampler(BaseSampler, abc.ABC):
                 return config
         return None
 
+    def unvisited_pool(
+        self, visited: set[str], rng: np.random.Generator, n_samples: int
+    ) -> list[Config]:
+        """Every unvisited configuration, or ``n_samples`` random ones in spaces too
+        large to list (the candidates a warm-up design scores)."""
+        if self.space.size <= ENUMERATE_LIMIT:
+            return [c for k, c in self.keyed_configs() if k not in visited]
+        return [c for c in self.space.sample(rng, n_samples) if config_key(c) not in visited]
+
     def covering_unvisited(
         self,
         visited: set[str],
@@ -156,10 +165,7 @@ class CandidateSampler(BaseSampler, abc.ABC):
             rng: Random generator of this proposal.
             n_samples: Candidates scored in spaces too large to list.
         """
-        if self.space.size <= ENUMERATE_LIMIT:
-            free = [c for k, c in self.keyed_configs() if k not in visited]
-        else:
-            free = [c for c in self.space.sample(rng, n_samples) if config_key(c) not in visited]
+        free = self.unvisited_pool(visited, rng, n_samples)
         if not free:
             return self.random_unvisited(visited, rng)
         counts = [np.zeros(len(d)) for d in self.space.dimensions]
@@ -169,6 +175,44 @@ class CandidateSampler(BaseSampler, abc.ABC):
         idx = np.array([self.space.indices(c) for c in free], dtype=np.int64)
         score = sum(1.0 / (1.0 + counts[j][idx[:, j]]) for j in range(idx.shape[1]))
         top = np.flatnonzero(score >= np.max(score) - 1e-12)
+        return free[int(rng.choice(top))]
+
+    def preferred_unvisited(
+        self,
+        visited: set[str],
+        signs: Mapping[str, int],
+        rng: np.random.Generator,
+        n_samples: int = 2048,
+    ) -> Config | None:
+        """An unvisited configuration that declared priors rank most precise.
+
+        A warm-up for single-objective searches: ``signs`` maps ordinal dimensions to
+        +1 (the metric does not fall along their order) or -1. Under such priors every
+        configuration is dominated by the one with each of those dimensions moved to its
+        preferred end, so the warm-up draws (uniformly, ties at random) from the
+        unvisited configurations nearest that end: each dimension contributes its
+        value's position between its least (0) and most (1) preferred value. The other
+        dimensions, whose effect no prior states, are what the first points then teach
+        the cost model. Peer tools start the same way (Intel Neural Compressor's basic
+        strategy tries its default int8 configuration first). Without usable priors it
+        is a uniform random draw. Spaces too large to list are scored on
+        ``n_samples`` random configurations.
+        """
+        columns = [
+            (j, d.encode_indices(np.arange(len(d)))[:, 0] * signs[d.name])
+            for j, d in enumerate(self.space.dimensions)
+            if signs.get(d.name) and d.kind == "ordinal" and len(d) > 1
+        ]
+        if not columns:
+            return self.random_unvisited(visited, rng)
+        free = self.unvisited_pool(visited, rng, n_samples)
+        if not free:
+            return self.random_unvisited(visited, rng)
+        idx = np.array([self.space.indices(c) for c in free], dtype=np.int64)
+        score = np.zeros(len(free))
+        for j, values in columns:
+            score += (values[idx[:, j]] - values.min()) / (values.max() - values.min())
+        top = np.flatnonzero(score >= np.max(score) - 1e-9)
         return free[int(rng.choice(top))]
 
     @abc.abstractmethod

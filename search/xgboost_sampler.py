@@ -2,8 +2,9 @@
 
 Each proposal:
 
-1. *Warm-up*: until ``n_startup`` trials have completed, propose uniformly at random
-   (without replacement). With transfer data from other studies the model is usable
+1. *Warm-up*: until ``n_startup`` trials have completed, propose at random (without
+   replacement) among the configurations the declared monotone priors rank most
+   precise (single-objective studies; uniformly at random otherwise). With transfer data from other studies the model is usable
    at once, so the warm-up shrinks to ``n_startup_transfer`` (0 by default: XGB-T).
 2. *Fit*: an XGBoost model (``rank:pairwise`` or ``reg:squarederror``) on the completed
    trials' configuration features (+ model descriptor features when transfer rows are
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
+WARMUPS = ("prior", "covering", "random")
+"""Warm-up designs (see :class:`XGBoostSampler`)."""
 BITS_NAME = re.compile(r"(^|[^a-z])bits?([^a-z]|$)", re.IGNORECASE)
 """Dimension names taken for bit widths by ``monotone="auto"`` (``w_bits``, ``Act bit width``)."""
 
@@ -79,9 +82,15 @@ class XGBoostSampler(CandidateSampler):
         n_rounds: Boosting rounds per fit.
         xgb_params: Extra xgboost parameters (override the data-dependent depth and
             monotone constraints too).
-        warmup: ``"covering"`` (each warm-up point covers the dimension values seen
-            least so far, see :meth:`CandidateSampler.covering_unvisited`) or
-            ``"random"``.
+        warmup: ``"prior"`` (single-objective studies with monotone priors: the
+            unvisited configurations the priors rank most precise, see
+            :meth:`CandidateSampler.preferred_unvisited`; otherwise random),
+            ``"covering"`` (each warm-up point covers the dimension values seen least so
+            far, see :meth:`CandidateSampler.covering_unvisited`) or ``"random"``.
+            Brevitas replays, 20 seeds, median evaluations on mobilenet_v2 / resnet18 /
+            vit_b_32 with the declared priors (backend included): random 11.5 / 7.5 /
+            7.5, prior 8.5 / 3.0 / 2.5. On a landscape whose best scores are noise above
+            the float model (the bundled example) the priors steer away from them.
         n_models: Cost models in the bootstrap ensemble (see
             :class:`~quantune.search.cost_model.CostEnsemble`).
         acquisition: ``"greedy"``, ``"ucb"`` or ``"thompson"`` (see
@@ -124,7 +133,7 @@ class XGBoostSampler(CandidateSampler):
         n_parents: int = 8,
         n_rounds: int = 60,
         xgb_params: Mapping[str, Any] | None = None,
-        warmup: Literal["covering", "random"] = "random",
+        warmup: Literal["prior", "covering", "random"] = "prior",
         n_models: int = 1,
         acquisition: Acquisition = "greedy",
         kappa: float = 1.0,
@@ -150,8 +159,8 @@ class XGBoostSampler(CandidateSampler):
         self.n_parents = n_parents
         self.n_rounds = n_rounds
         self.xgb_params = dict(xgb_params or {})
-        if warmup not in ("covering", "random"):
-            raise ValueError(f"warmup must be 'covering' or 'random', got {warmup!r}")
+        if warmup not in WARMUPS:
+            raise ValueError(f"warmup must be one of {WARMUPS}, got {warmup!r}")
         if acquisition not in ACQUISITIONS:
             raise ValueError(f"acquisition must be one of {ACQUISITIONS}, got {acquisition!r}")
         if n_models < 1:
@@ -177,6 +186,9 @@ class XGBoostSampler(CandidateSampler):
         # rng.random() is drawn every time so the stream does not depend on the branch.
         explore = rng.random() < self.epsilon
         if len(own) < max(startup, 1 if not transfer else 0):
+            if self.warmup == "prior":
+                signs = self._monotone(len(study.directions))
+                return self.preferred_unvisited(visited, signs, rng, self.n_samples)
             if self.warmup == "random":
                 return self.random_unvisited(visited, rng)
             seen = [c for t in trials for c in [trial_config(self.space, t)] if c is not None]
