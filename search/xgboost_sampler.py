@@ -4,8 +4,9 @@ Each proposal:
 
 1. *Warm-up*: until ``n_startup`` trials have completed, propose at random (without
    replacement) among the configurations the declared monotone priors rank most
-   precise (single-objective studies; uniformly at random otherwise). With transfer data from other studies the model is usable
-   at once, so the warm-up shrinks to ``n_startup_transfer`` (0 by default: XGB-T).
+   precise (single-objective studies; uniformly at random otherwise). With transfer
+   data from other studies the model is usable at once, so the warm-up shrinks to
+   ``n_startup_transfer`` (0 by default: XGB-T).
 2. *Fit*: an XGBoost model (``rank:pairwise`` or ``reg:squarederror``) on the completed
    trials' configuration features (+ model descriptor features when transfer rows are
    present). Failed and pruned trials are rows with a score below the worst completed
