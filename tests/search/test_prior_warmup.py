@@ -40,9 +40,9 @@ def test_draws_from_the_most_precise_configurations_first() -> None:
     assert all(_corner(c) for c in drawn[:6])
     assert len({(c["method"], c["pct"]) for c in drawn[:6]}) == 6
     assert not any(_corner(c) for c in drawn[6:])
-    # Next-nearest: one prior dimension one step short of its end (drop=1 or w_bits=4: 0.5
-    # short; per_tensor would be 1.0 short).
-    assert all(c["granularity"] == "per_channel" for c in drawn[6:])
+    # Next-nearest by value, not by index: drop=1 is 0.5 short of its end, w_bits=4 is
+    # (8 - 4) / (8 - 2) = 0.67 short, per_tensor 1.0 short.
+    assert all(c["drop"] == 1 and c["w_bits"] == 8 and c["granularity"] == "per_channel" for c in drawn[6:])
 
 
 def test_without_priors_it_is_the_random_draw() -> None:
