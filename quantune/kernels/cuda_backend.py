@@ -2,11 +2,11 @@
 
 Registered only when CUDA is available and Triton imports. Linear runs the kernel
 directly; conv2d / conv1d (groups=1) are lowered to the same GEMM with an im2col over
-the uint8 codes, padded with the activation zero point so padding adds exactly zero.
+the int8 codes, padded with the activation zero point so padding adds exactly zero.
 The kernel fuses ReLU / ReLU6 / clamp; a GELU epilogue runs after it in torch.
 
-Untested on a GPU at the time of writing: the GPU tests (``-m gpu``) check it against
-the reference on the first machine that has one.
+The kernel takes signed int8 activation codes: int8 codes go in as they are, uint8 codes
+are flipped once (``x ^ 128``, zero point - 128), so producers on CUDA should emit int8.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from quantune.kernels.epilogue import (
     clamp_bounds,
     requantize,
 )
-from quantune.kernels.onednn_pack import centred_codes
+from quantune.kernels.onednn_pack import can_pack, centred_codes
 from quantune.kernels.packing import pack_codes, storage_bits
 from quantune.kernels.weights import QuantizedWeight
 
@@ -42,7 +42,8 @@ def _prepared(weight: QuantizedWeight, device: torch.device) -> dict:
         raise ValueError("8-bit asymmetric weights do not fit int8 after centring")
     codes = codes.reshape(weight.out_channels, -1).cpu()
     packed4 = storage_bits(weight.bits) == 4 and weight.max_abs_code() <= 7
-    w = pack_codes(codes, 4) if packed4 else codes.contiguous()
+    # Packed nibbles are read as int8 bytes so the kernel's arithmetic shifts sign-extend.
+    w = pack_codes(codes, 4).view(torch.int8) if packed4 else codes.contiguous()
     prep = {
         "w": w.to(device),
         "packed4": packed4,
@@ -55,33 +56,34 @@ def _prepared(weight: QuantizedWeight, device: torch.device) -> dict:
     return prep
 
 
-def _unsigned(qx: torch.Tensor, zx: int) -> tuple[torch.Tensor, int]:
-    if qx.dtype == torch.uint8:
+def _signed(qx: torch.Tensor, zx: int) -> tuple[torch.Tensor, int]:
+    """int8 codes and zero point: ``u - zu = (u - 128) - (zu - 128)`` for uint8 codes."""
+    if qx.dtype == torch.int8:
         return qx, zx
-    return torch.bitwise_xor(qx.view(torch.uint8), 128), zx + 128
+    return torch.bitwise_xor(qx, 128).view(torch.int8), zx - 128
 
 
 def supports(op: str, qx: torch.Tensor, weight: QuantizedWeight) -> bool:
     """CUDA codes in 8 bits, an int8-centrable weight, Triton present, groups=1 convs."""
     if not qx.is_cuda or qx.dtype not in (torch.uint8, torch.int8) or qx.numel() == 0:
         return False
-    if centred_codes(weight) is None:
+    if not can_pack(weight):  # cached: the int8-centring check runs once per weight
         return False
     if op != "linear" and weight.codes.shape[1] != qx.shape[1]:
         return False  # grouped convolutions: not lowered on CUDA yet
     return True
 
 
-def linear(qx, x_scale, x_zero_point, weight, bias, epi: Epilogue) -> torch.Tensor:
-    """Fused integer linear on the Triton kernel."""
+def linear(qx, x_scale, x_zero_point, weight, bias, epi: Epilogue, kernel: str = "auto") -> torch.Tensor:
+    """Fused integer linear on the Triton kernel (``kernel``: see ``triton_gemm.launch``)."""
     from quantune.kernels import triton_gemm
 
     if epi.activation in GELU_FORMS:
         # The kernel fuses the clamp family only: GELU runs on its float output.
-        y = linear(qx, x_scale, x_zero_point, weight, bias, Epilogue(None, torch.float32))
+        y = linear(qx, x_scale, x_zero_point, weight, bias, Epilogue(None, torch.float32), kernel)
         y = apply_activation(y, epi.activation)
         return requantize(y, epi) if epi.requantize else y.to(epi.out_dtype)
-    qx, zx = _unsigned(qx, x_zero_point)
+    qx, zx = _signed(qx, x_zero_point)
     lead = qx.shape[:-1]
     x2 = qx.reshape(-1, qx.shape[-1]).contiguous()
     prep = _prepared(weight, qx.device)
@@ -91,22 +93,22 @@ def linear(qx, x_scale, x_zero_point, weight, bias, epi: Epilogue) -> torch.Tens
     b = None if bias is None else bias.detach().float().contiguous()
     triton_gemm.launch(x2, prep["w"], prep["packed4"], prep["k"], prep["wscale"], prep["wsum"], b, out,
                        x_scale, zx, clamp_bounds(epi.activation), kind, epi.out_scale,
-                       epi.out_zero_point, epi.out_qrange)
+                       epi.out_zero_point, epi.out_qrange, kernel)
     return out.reshape(*lead, n)
 
 
 def conv2d(qx, x_scale, x_zero_point, weight, bias, stride, padding, dilation, groups,
            epi: Epilogue) -> torch.Tensor:
     """Conv2d (groups=1) as im2col + the fused GEMM, NHWC rows -> NCHW view."""
-    qx, zx = _unsigned(qx, x_zero_point)
+    qx, zx = _signed(qx, x_zero_point)
     n, c, h, w = qx.shape
     cout, _, kh, kw = weight.codes.shape
-    # Codes are exact in fp16 (<= 255); pad with the zero point, then unfold.
+    # Codes are exact in fp16 (|code| <= 128); pad with the zero point, then unfold.
     xf = F.pad(qx.half(), (padding[1], padding[1], padding[0], padding[0]), value=float(zx))
     cols = F.unfold(xf, (kh, kw), dilation=dilation, stride=stride)  # [N, C*kh*kw, L]
     oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    rows = cols.transpose(1, 2).reshape(n * oh * ow, -1).to(torch.uint8)
+    rows = cols.transpose(1, 2).reshape(n * oh * ow, -1).to(torch.int8)
     y = linear(rows, x_scale, zx, weight, bias, epi)  # [N*OH*OW, Cout]
     return y.reshape(n, oh, ow, cout).permute(0, 3, 1, 2)
 

@@ -2,20 +2,29 @@
 
 ``out[m, n] = epilogue(sum_k (x[m,k] - zx) * w[n,k])`` with
 
-- activations: uint8 codes ``[M, K]``; the kernel shifts them to int8 (``x - 128``) for
-  the s8 x s8 tensor-core MMA and folds the zero point into a per-column correction
-  ``- (zx - 128) * wsum[n]``, with ``wsum[n] = sum_k w[n,k]`` precomputed once per
-  weight (the weight row-sum correction), so no extra pass over the activations;
-- weights: K-major ``[N, K]`` int8 (nn.Linear's layout; measured ~3.4x faster than
-  ``[K, N]`` for this kernel on H100), or int4 packed two per byte ``[N, ceil(K/2)]``
-  (low nibble = even k), unpacked in registers tile by tile;
+- activations: signed int8 codes ``[M, K]`` fed straight to the s8 x s8 tensor-core MMA;
+  the zero point is folded into a per-column correction ``- zx * wsum[n]``, with
+  ``wsum[n] = sum_k w[n,k]`` precomputed once per weight (the weight row-sum
+  correction), so no extra pass over the activations;
+- weights: K-major ``[N, K]`` int8 (nn.Linear's layout: Hopper's 8-bit wgmma reads both
+  operands K-major), or int4 packed two per byte ``[N, ceil(K/2)]`` (low nibble = even
+  k), unpacked in registers tile by tile;
 - epilogue: ``acc * (x_scale * w_scale[n]) + bias[n]``, clamp (ReLU / ReLU6 / clamp),
   then bf16 / fp32 out, or requantized 8-bit codes (round half to even).
+
+Two kernels share the tile order and the epilogue:
+
+- :func:`int8_gemm_tma_kernel` (Hopper and newer, rows 16-byte aligned): persistent (one
+  program per SM walks the output tiles), operands fetched by the TMA copy engine into
+  swizzled shared memory with zero fill past the edges;
+- :func:`int8_gemm_kernel`: plain pointer loads with masks, any shape and any GPU.
 
 The module imports without Triton (``KERNEL_AVAILABLE`` is False then).
 """
 
 from __future__ import annotations
+
+import functools
 
 try:
     import triton
@@ -25,15 +34,23 @@ try:
         from triton.language.extra import libdevice
     except ImportError:  # older Triton
         from triton.language.extra.cuda import libdevice  # type: ignore[no-redef]
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:  # Triton < 3.4: no host-side tensor descriptors
+        TensorDescriptor = None
 except ImportError:  # pragma: no cover - exercised on machines without Triton
     triton = None
     tl = None
     libdevice = None
+    TensorDescriptor = None
 
 KERNEL_AVAILABLE = triton is not None
 
 # Epilogue output kinds (constexpr switch inside the kernel).
 OUT_FLOAT, OUT_REQUANT = 0, 1
+
+# Kernel choice of :func:`launch`.
+KERNELS = ("auto", "tma", "plain")
 
 
 def _configs() -> list:
@@ -56,55 +73,66 @@ def _configs() -> list:
     ]
 
 
+def _set_tma_blocks(nargs: dict) -> None:
+    """Autotune pre-hook: the descriptors' boxes follow the config's tile sizes."""
+    bk = nargs["BLOCK_K"]
+    nargs["x_desc"].block_shape = [nargs["BLOCK_M"], bk]
+    nargs["w_desc"].block_shape = [nargs["BLOCK_N"], bk // 2 if nargs["PACKED4"] else bk]
+
+
+def _tma_configs() -> list:
+    shapes = [
+        # wgmma tiles: 8 warps = two warpgroups of 64 rows each for BLOCK_M >= 128.
+        (128, 256, 128, 8, 3),
+        (128, 256, 64, 8, 4),
+        (256, 128, 128, 8, 3),
+        (128, 128, 128, 8, 4),
+        (128, 128, 128, 4, 4),
+        (128, 64, 128, 4, 5),
+        (64, 128, 128, 4, 5),
+        (64, 64, 128, 4, 6),
+        (64, 32, 128, 4, 6),
+    ]
+    # BLOCK_K stays at 128: one 128-byte swizzled TMA box row of int8.
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=w, num_stages=s,
+                      pre_hook=_set_tma_blocks)
+        for m, n, k, w, s in shapes
+    ]
+
+
 if KERNEL_AVAILABLE:
 
-    @triton.autotune(configs=_configs(), key=["M", "N", "K", "PACKED4", "OUT_KIND"])
     @triton.jit
-    def int8_gemm_kernel(
-        x_ptr, w_ptr, out_ptr, wscale_ptr, wsum_ptr, bias_ptr,
-        M, N, K,
-        stride_xm, stride_xk, stride_wn, stride_wk, stride_om, stride_on,
-        x_scale, x_zp_shifted, clamp_lo, clamp_hi, inv_out_scale, out_zp, q_lo, q_hi,
-        HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, PACKED4: tl.constexpr,
-        OUT_KIND: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    ):
+    def _tile_coords(tile, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
         # Grouped tile order: GROUP_M row-tiles share each column of weight tiles in L2.
-        pid = tl.program_id(0)
         num_m = tl.cdiv(M, BLOCK_M)
         num_n = tl.cdiv(N, BLOCK_N)
         group = GROUP_M * num_n
-        first_m = (pid // group) * GROUP_M
+        first_m = (tile // group) * GROUP_M
         size_m = min(num_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % group) % size_m
-        pid_n = (pid % group) // size_m
+        pid_m = first_m + (tile % group) % size_m
+        pid_n = (tile % group) // size_m
+        return pid_m, pid_n
 
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_k = tl.arange(0, BLOCK_K)
+    @triton.jit
+    def _unpack_int4(packed, ROWS: tl.constexpr, COLS: tl.constexpr):
+        # Two's-complement nibbles: low = even column, high = odd column; arithmetic
+        # shifts of the int8 byte sign-extend each field.
+        lo = (packed << 4) >> 4
+        hi = packed >> 4
+        return tl.reshape(tl.join(lo, hi), (ROWS, COLS))
+
+    @triton.jit
+    def _epilogue_store(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on,
+                        wscale_ptr, wsum_ptr, bias_ptr, x_scale, x_zp,
+                        clamp_lo, clamp_hi, inv_out_scale, out_zp, q_lo, q_hi,
+                        HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, OUT_KIND: tl.constexpr):
         mask_m = offs_m < M
         mask_n = offs_n < N
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + offs_k
-            mask_k = ks < K
-            # Padding lanes load code 128 (0 after the shift) so they add nothing.
-            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + ks[None, :] * stride_xk,
-                        mask=mask_m[:, None] & mask_k[None, :], other=128)
-            xs = (x.to(tl.int16) - 128).to(tl.int8)
-            if PACKED4:
-                byte = tl.load(w_ptr + offs_n[None, :] * stride_wn + (ks[:, None] // 2) * stride_wk,
-                               mask=mask_n[None, :] & mask_k[:, None], other=0)
-                nib = (byte.to(tl.int16) >> ((ks[:, None] % 2) * 4)) & 0xF
-                w = ((nib ^ 8) - 8).to(tl.int8)  # sign-extend the 4-bit field
-            else:
-                w = tl.load(w_ptr + offs_n[None, :] * stride_wn + ks[:, None] * stride_wk,
-                            mask=mask_n[None, :] & mask_k[:, None], other=0)
-            acc += tl.dot(xs, w, out_dtype=tl.int32)
-
-        # Zero-point correction: sum_k (xs - zs) w = sum_k xs w - zs * wsum[n], exact in int32.
+        # Zero-point correction: sum_k (x - zx) w = sum_k x w - zx * wsum[n], exact in int32.
         wsum = tl.load(wsum_ptr + offs_n, mask=mask_n, other=0)
-        acc = acc - x_zp_shifted * wsum[None, :]
+        acc = acc - x_zp * wsum[None, :]
         wscale = tl.load(wscale_ptr + offs_n, mask=mask_n, other=0.0)
         y = acc.to(tl.float32) * (wscale * x_scale)[None, :]
         if HAS_BIAS:
@@ -120,23 +148,137 @@ if KERNEL_AVAILABLE:
         else:
             tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
+    @triton.autotune(configs=_configs(), key=["M", "N", "K", "PACKED4", "OUT_KIND"])
+    @triton.jit
+    def int8_gemm_kernel(
+        x_ptr, w_ptr, out_ptr, wscale_ptr, wsum_ptr, bias_ptr,
+        M, N, K,
+        stride_xm, stride_xk, stride_wn, stride_wk, stride_om, stride_on,
+        x_scale, x_zp, clamp_lo, clamp_hi, inv_out_scale, out_zp, q_lo, q_hi,
+        HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, PACKED4: tl.constexpr,
+        OUT_KIND: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    ):
+        pid_m, pid_n = _tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        mask_m = offs_m < M
+        mask_n = offs_n < N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + offs_k
+            mask_k = ks < K
+            # Padding lanes load code 0 so they add nothing (the zero point is
+            # corrected once, in the epilogue, over the true K only).
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + ks[None, :] * stride_xk,
+                        mask=mask_m[:, None] & mask_k[None, :], other=0)
+            if PACKED4:
+                byte = tl.load(w_ptr + offs_n[None, :] * stride_wn + (ks[:, None] // 2) * stride_wk,
+                               mask=mask_n[None, :] & mask_k[:, None], other=0)
+                w = (byte << (4 - (ks[:, None] % 2) * 4).to(tl.int8)) >> 4  # sign-extended nibble
+            else:
+                w = tl.load(w_ptr + offs_n[None, :] * stride_wn + ks[:, None] * stride_wk,
+                            mask=mask_n[None, :] & mask_k[:, None], other=0)
+            acc += tl.dot(x, w, out_dtype=tl.int32)
+        _epilogue_store(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on,
+                        wscale_ptr, wsum_ptr, bias_ptr, x_scale, x_zp,
+                        clamp_lo, clamp_hi, inv_out_scale, out_zp, q_lo, q_hi,
+                        HAS_BIAS, HAS_CLAMP, OUT_KIND)
+
+    @triton.autotune(configs=_tma_configs(), key=["M", "N", "K", "PACKED4", "OUT_KIND"])
+    @triton.jit
+    def int8_gemm_tma_kernel(
+        x_desc, w_desc, out_ptr, wscale_ptr, wsum_ptr, bias_ptr,
+        M, N, K, stride_om, stride_on,
+        x_scale, x_zp, clamp_lo, clamp_hi, inv_out_scale, out_zp, q_lo, q_hi,
+        NUM_SMS: tl.constexpr,
+        HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, PACKED4: tl.constexpr,
+        OUT_KIND: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    ):
+        # Persistent: NUM_SMS programs stride over the output tiles, so the next tile's
+        # TMA loads overlap the previous tile's epilogue and no launch wave is left
+        # half full. TMA zero-fills boxes past M, N and K: zeros add nothing.
+        num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+        k_tiles = tl.cdiv(K, BLOCK_K)
+        for tile in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True):
+            pid_m, pid_n = _tile_coords(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+            off_m = pid_m * BLOCK_M
+            off_n = pid_n * BLOCK_N
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+            for kt in range(k_tiles):
+                x = x_desc.load([off_m, kt * BLOCK_K])
+                if PACKED4:
+                    w = _unpack_int4(w_desc.load([off_n, kt * (BLOCK_K // 2)]), BLOCK_N, BLOCK_K)
+                else:
+                    w = w_desc.load([off_n, kt * BLOCK_K])
+                acc = tl.dot(x, w.T, acc, out_dtype=tl.int32)
+            offs_m = off_m + tl.arange(0, BLOCK_M)
+            offs_n = off_n + tl.arange(0, BLOCK_N)
+            _epilogue_store(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on,
+                            wscale_ptr, wsum_ptr, bias_ptr, x_scale, x_zp,
+                            clamp_lo, clamp_hi, inv_out_scale, out_zp, q_lo, q_hi,
+                            HAS_BIAS, HAS_CLAMP, OUT_KIND)
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        return 4  # Triton's CPU interpreter (TRITON_INTERPRET=1): any small grid
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def tma_eligible(x, w) -> bool:
+    """Whether the TMA kernel can run: Hopper+, and every row start 16-byte aligned."""
+    if TensorDescriptor is None or not x.is_cuda:
+        return False
+    import torch
+
+    if torch.cuda.get_device_capability(x.device)[0] < 9:
+        return False
+    return all(t.data_ptr() % 16 == 0 and t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0
+               for t in (x, w))
+
 
 def launch(x, w, packed4: bool, k: int, wscale, wsum, bias, out, x_scale: float, x_zp: int,
            clamp: tuple[float, float] | None, out_kind: int, out_scale: float, out_zp: int,
-           q_range: tuple[int, int]) -> None:
-    """Run :func:`int8_gemm_kernel` on ``x [M, K]`` (uint8) and ``w`` into ``out [M, N]``."""
+           q_range: tuple[int, int], kernel: str = "auto") -> None:
+    """Run the GEMM on ``x [M, K]`` (int8 codes, zero point ``x_zp``) and ``w`` into ``out [M, N]``.
+
+    ``kernel``: ``auto`` (TMA where :func:`tma_eligible`, else plain), ``tma`` or ``plain``.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     m = x.shape[0]
     n = w.shape[0]
+    lo, hi = clamp if clamp is not None else (0.0, 0.0)
+    epilogue_args = (float(x_scale), int(x_zp), float(lo), float(hi), 1.0 / float(out_scale), float(out_zp),
+                     float(q_range[0]), float(q_range[1]))
+    flags = dict(HAS_BIAS=bias is not None, HAS_CLAMP=clamp is not None, PACKED4=packed4, OUT_KIND=out_kind)
+    bias_arg = bias if bias is not None else wscale
+    use_tma = kernel == "tma" or (kernel == "auto" and tma_eligible(x, w))
+    if use_tma:
+        sms = _sm_count(x.device.index or 0)
+        # Boxes are placeholders here: the autotune pre-hook sets each config's tiles.
+        x_desc = TensorDescriptor.from_tensor(x, [16, 16])
+        w_desc = TensorDescriptor.from_tensor(w, [16, 16])
+
+        def tma_grid(meta):
+            return (min(sms, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
+
+        int8_gemm_tma_kernel[tma_grid](
+            x_desc, w_desc, out, wscale, wsum, bias_arg, m, n, k, out.stride(0), out.stride(1),
+            *epilogue_args, NUM_SMS=sms, **flags)
+        return
 
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
-    lo, hi = clamp if clamp is not None else (0.0, 0.0)
     int8_gemm_kernel[grid](
-        x, w, out, wscale, wsum, bias if bias is not None else wscale,
+        x, w, out, wscale, wsum, bias_arg,
         m, n, k,
         x.stride(0), x.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1),
-        float(x_scale), int(x_zp) - 128, float(lo), float(hi), 1.0 / float(out_scale), float(out_zp),
-        float(q_range[0]), float(q_range[1]),
-        HAS_BIAS=bias is not None, HAS_CLAMP=clamp is not None, PACKED4=packed4, OUT_KIND=out_kind,
-    )
+        *epilogue_args, **flags)
