@@ -83,22 +83,35 @@ def _set_tma_blocks(nargs: dict) -> None:
 def _tma_configs() -> list:
     shapes = [
         # wgmma tiles: 8 warps = two warpgroups of 64 rows each for BLOCK_M >= 128.
-        (128, 256, 128, 8, 3),
-        (128, 256, 64, 8, 4),
-        (256, 128, 128, 8, 3),
-        (128, 128, 128, 8, 4),
-        (128, 128, 128, 4, 4),
-        (128, 64, 128, 4, 5),
-        (64, 128, 128, 4, 5),
-        (64, 64, 128, 4, 6),
-        (64, 32, 128, 4, 6),
+        (128, 256, 128, 8, 3, 8),
+        (128, 256, 128, 8, 4, 8),
+        (128, 256, 64, 8, 4, 8),
+        (256, 128, 128, 8, 3, 8),
+        (256, 128, 128, 8, 4, 8),
+        (128, 256, 128, 8, 3, 16),
+        (128, 128, 128, 8, 4, 8),
+        (128, 128, 128, 4, 4, 8),
+        (128, 64, 128, 4, 5, 8),
+        (64, 128, 128, 4, 5, 8),
+        (64, 64, 128, 4, 6, 8),
+        (64, 32, 128, 4, 6, 8),
+        # int4 runs swapped (weights are the MMA's M side): thin BLOCK_M for small M.
+        (32, 128, 128, 4, 6, 8),
+        (16, 128, 128, 4, 6, 8),
     ]
     # BLOCK_K stays at 128: one 128-byte swizzled TMA box row of int8.
     return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=w, num_stages=s,
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": g}, num_warps=w, num_stages=s,
                       pre_hook=_set_tma_blocks)
-        for m, n, k, w, s in shapes
+        for m, n, k, w, s, g in shapes
     ]
+
+
+def _prune_tma_configs(configs: list, named_args: dict, **kwargs) -> list:
+    """The MMA's M side (64 rows per warpgroup) is BLOCK_M for int8, BLOCK_N for int4."""
+    side = "BLOCK_N" if kwargs.get("PACKED4") else "BLOCK_M"
+    kept = [c for c in configs if c.kwargs[side] >= 64]
+    return kept or configs
 
 
 if KERNEL_AVAILABLE:
@@ -186,7 +199,8 @@ if KERNEL_AVAILABLE:
                         clamp_lo, clamp_hi, inv_out_scale, out_zp, q_lo, q_hi,
                         HAS_BIAS, HAS_CLAMP, OUT_KIND)
 
-    @triton.autotune(configs=_tma_configs(), key=["M", "N", "K", "PACKED4", "OUT_KIND"])
+    @triton.autotune(configs=_tma_configs(), key=["M", "N", "K", "PACKED4", "OUT_KIND"],
+                     prune_configs_by={"early_config_prune": _prune_tma_configs})
     @triton.jit
     def int8_gemm_tma_kernel(
         x_desc, w_desc, out_ptr, wscale_ptr, wsum_ptr, bias_ptr,
@@ -206,14 +220,22 @@ if KERNEL_AVAILABLE:
             pid_m, pid_n = _tile_coords(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
             off_m = pid_m * BLOCK_M
             off_n = pid_n * BLOCK_N
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-            for kt in range(k_tiles):
-                x = x_desc.load([off_m, kt * BLOCK_K])
-                if PACKED4:
+            if PACKED4:
+                # Swapped product (out^T = W X^T): the weights unpacked in registers are the
+                # MMA's A operand, which wgmma reads from registers; B (the activations)
+                # stays in shared memory as TMA wrote it, so nothing goes back to smem.
+                acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
+                for kt in range(k_tiles):
+                    x = x_desc.load([off_m, kt * BLOCK_K])
                     w = _unpack_int4(w_desc.load([off_n, kt * (BLOCK_K // 2)]), BLOCK_N, BLOCK_K)
-                else:
+                    acc_t = tl.dot(w, x.T, acc_t, out_dtype=tl.int32)
+                acc = tl.trans(acc_t)
+            else:
+                acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+                for kt in range(k_tiles):
+                    x = x_desc.load([off_m, kt * BLOCK_K])
                     w = w_desc.load([off_n, kt * BLOCK_K])
-                acc = tl.dot(x, w.T, acc, out_dtype=tl.int32)
+                    acc = tl.dot(x, w.T, acc, out_dtype=tl.int32)
             offs_m = off_m + tl.arange(0, BLOCK_M)
             offs_n = off_n + tl.arange(0, BLOCK_N)
             _epilogue_store(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on,
@@ -243,42 +265,78 @@ def tma_eligible(x, w) -> bool:
                for t in (x, w))
 
 
+# (M, N, K, flags, out dtype) -> "tma" | "plain", measured on first use (see launch).
+_MEASURED_CHOICE: dict[tuple, str] = {}
+
+
 def launch(x, w, packed4: bool, k: int, wscale, wsum, bias, out, x_scale: float, x_zp: int,
            clamp: tuple[float, float] | None, out_kind: int, out_scale: float, out_zp: int,
            q_range: tuple[int, int], kernel: str = "auto") -> None:
     """Run the GEMM on ``x [M, K]`` (int8 codes, zero point ``x_zp``) and ``w`` into ``out [M, N]``.
 
-    ``kernel``: ``auto`` (TMA where :func:`tma_eligible`, else plain), ``tma`` or ``plain``.
+    ``kernel``: ``tma``, ``plain``, or ``auto``: where both can run, the first call of each
+    (shape, flags, out dtype) times both kernels (each autotuned) and keeps the faster
+    one; measured on an H200, TMA wins large GEMMs and the plain kernel wins small M.
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    m = x.shape[0]
-    n = w.shape[0]
+    args = (x, w, packed4, k, wscale, wsum, bias, out, x_scale, x_zp, clamp, out_kind, out_scale, out_zp, q_range)
+    if kernel == "auto":
+        kernel = _choose(*args) if tma_eligible(x, w) else "plain"
+    (_launch_tma if kernel == "tma" else _launch_plain)(*args)
+
+
+def _choose(*args) -> str:
+    import torch
+
+    x, w, packed4, out, clamp, out_kind = args[0], args[1], args[2], args[7], args[10], args[11]
+    key = (x.shape[0], w.shape[0], args[3], packed4, clamp is not None, args[6] is not None, out_kind, out.dtype)
+    choice = _MEASURED_CHOICE.get(key)
+    if choice is None:
+        if torch.cuda.is_current_stream_capturing():
+            return "tma"  # cannot time inside a graph capture; warm the shape up first
+        times = {}
+        for name, run in (("tma", _launch_tma), ("plain", _launch_plain)):
+            run(*args)  # autotunes this kernel for the shape
+            times[name] = triton.testing.do_bench(lambda run=run: run(*args), warmup=5, rep=20)
+        choice = _MEASURED_CHOICE[key] = min(times, key=times.get)
+    return choice
+
+
+def _epilogue_args(bias, wscale, x_scale, x_zp, clamp, out_kind, out_scale, out_zp, q_range, packed4):
     lo, hi = clamp if clamp is not None else (0.0, 0.0)
-    epilogue_args = (float(x_scale), int(x_zp), float(lo), float(hi), 1.0 / float(out_scale), float(out_zp),
-                     float(q_range[0]), float(q_range[1]))
+    scalars = (float(x_scale), int(x_zp), float(lo), float(hi), 1.0 / float(out_scale), float(out_zp),
+               float(q_range[0]), float(q_range[1]))
     flags = dict(HAS_BIAS=bias is not None, HAS_CLAMP=clamp is not None, PACKED4=packed4, OUT_KIND=out_kind)
-    bias_arg = bias if bias is not None else wscale
-    use_tma = kernel == "tma" or (kernel == "auto" and tma_eligible(x, w))
-    if use_tma:
-        sms = _sm_count(x.device.index or 0)
-        # Boxes are placeholders here: the autotune pre-hook sets each config's tiles.
-        x_desc = TensorDescriptor.from_tensor(x, [16, 16])
-        w_desc = TensorDescriptor.from_tensor(w, [16, 16])
+    return (bias if bias is not None else wscale), scalars, flags
 
-        def tma_grid(meta):
-            return (min(sms, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
 
-        int8_gemm_tma_kernel[tma_grid](
-            x_desc, w_desc, out, wscale, wsum, bias_arg, m, n, k, out.stride(0), out.stride(1),
-            *epilogue_args, NUM_SMS=sms, **flags)
-        return
+def _launch_tma(x, w, packed4, k, wscale, wsum, bias, out, x_scale, x_zp, clamp, out_kind, out_scale, out_zp,
+                q_range) -> None:
+    m, n = x.shape[0], w.shape[0]
+    bias_arg, scalars, flags = _epilogue_args(bias, wscale, x_scale, x_zp, clamp, out_kind, out_scale, out_zp,
+                                              q_range, packed4)
+    sms = _sm_count(x.device.index or 0)
+    # Boxes are placeholders here: the autotune pre-hook sets each config's tiles.
+    x_desc = TensorDescriptor.from_tensor(x, [16, 16])
+    w_desc = TensorDescriptor.from_tensor(w, [16, 16])
+
+    def grid(meta):
+        return (min(sms, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
+
+    int8_gemm_tma_kernel[grid](x_desc, w_desc, out, wscale, wsum, bias_arg, m, n, k, out.stride(0), out.stride(1),
+                               *scalars, NUM_SMS=sms, **flags)
+
+
+def _launch_plain(x, w, packed4, k, wscale, wsum, bias, out, x_scale, x_zp, clamp, out_kind, out_scale, out_zp,
+                  q_range) -> None:
+    m, n = x.shape[0], w.shape[0]
+    bias_arg, scalars, flags = _epilogue_args(bias, wscale, x_scale, x_zp, clamp, out_kind, out_scale, out_zp,
+                                              q_range, packed4)
 
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
-    int8_gemm_kernel[grid](
-        x, w, out, wscale, wsum, bias_arg,
-        m, n, k,
-        x.stride(0), x.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1),
-        *epilogue_args, **flags)
+    int8_gemm_kernel[grid](x, w, out, wscale, wsum, bias_arg, m, n, k,
+                           x.stride(0), x.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1),
+                           *scalars, **flags)

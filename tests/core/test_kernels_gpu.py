@@ -165,3 +165,18 @@ def test_cuda_graph_capture_replays_the_fused_gemm():
     graph.replay()
     torch.testing.assert_close(captured, kernels.linear(qx, 0.02, 0, w, out_dtype=torch.bfloat16))
     assert not torch.equal(captured, eager)
+
+
+def test_auto_kernel_choice_is_measured_once_per_shape():
+    from quantune.kernels import triton_gemm
+
+    w = _weight(192, 256, 8)
+    qx = torch.randint(-128, 128, (40, 256), dtype=torch.int8, device="cuda")
+    before = dict(triton_gemm._MEASURED_CHOICE)
+    out = _triton_linear(qx, 0.02, 0, w)
+    new = {k: v for k, v in triton_gemm._MEASURED_CHOICE.items() if k not in before}
+    if HOPPER:
+        assert len(new) == 1 and set(new.values()) <= {"tma", "plain"}
+    else:
+        assert not new  # no TMA: nothing to choose
+    torch.testing.assert_close(out, kernels.linear(qx, 0.02, 0, w, backend="reference"))
