@@ -95,22 +95,30 @@ def _tma_configs() -> list:
         (64, 128, 128, 4, 5, 8),
         (64, 64, 128, 4, 6, 8),
         (64, 32, 128, 4, 6, 8),
-        # int4 runs swapped (weights are the MMA's M side): thin BLOCK_M for small M.
+        # Swapped int4 products (weights on the MMA's M side): thin BLOCK_M for small M.
         (32, 128, 128, 4, 6, 8),
         (16, 128, 128, 4, 6, 8),
     ]
     # BLOCK_K stays at 128: one 128-byte swizzled TMA box row of int8.
     return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": g}, num_warps=w, num_stages=s,
-                      pre_hook=_set_tma_blocks)
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": g, "SWAP_AB": swap},
+                      num_warps=w, num_stages=s, pre_hook=_set_tma_blocks)
+        for swap in (False, True)
         for m, n, k, w, s, g in shapes
     ]
 
 
 def _prune_tma_configs(configs: list, named_args: dict, **kwargs) -> list:
-    """The MMA's M side (64 rows per warpgroup) is BLOCK_M for int8, BLOCK_N for int4."""
-    side = "BLOCK_N" if kwargs.get("PACKED4") else "BLOCK_M"
-    kept = [c for c in configs if c.kwargs[side] >= 64]
+    """Keep configs whose MMA M side (64 rows per warpgroup) is >= 64.
+
+    That side is BLOCK_M, or BLOCK_N for a swapped product; only int4 weights may swap
+    (int8 operands both come from shared memory, where swapping gains nothing).
+    """
+    def ok(c) -> bool:
+        swap = c.kwargs["SWAP_AB"]
+        return (not swap or kwargs.get("PACKED4")) and c.kwargs["BLOCK_N" if swap else "BLOCK_M"] >= 64
+
+    kept = [c for c in configs if ok(c)]
     return kept or configs
 
 
@@ -210,6 +218,7 @@ if KERNEL_AVAILABLE:
         HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, PACKED4: tl.constexpr,
         OUT_KIND: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+        SWAP_AB: tl.constexpr,
     ):
         # Persistent: NUM_SMS programs stride over the output tiles, so the next tile's
         # TMA loads overlap the previous tile's epilogue and no launch wave is left
@@ -220,10 +229,11 @@ if KERNEL_AVAILABLE:
             pid_m, pid_n = _tile_coords(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
             off_m = pid_m * BLOCK_M
             off_n = pid_n * BLOCK_N
-            if PACKED4:
+            if PACKED4 and SWAP_AB:
                 # Swapped product (out^T = W X^T): the weights unpacked in registers are the
                 # MMA's A operand, which wgmma reads from registers; B (the activations)
                 # stays in shared memory as TMA wrote it, so nothing goes back to smem.
+                # Autotuned against the direct product, which wins at small M.
                 acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
                 for kt in range(k_tiles):
                     x = x_desc.load([off_m, kt * BLOCK_K])
@@ -234,7 +244,10 @@ if KERNEL_AVAILABLE:
                 acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
                 for kt in range(k_tiles):
                     x = x_desc.load([off_m, kt * BLOCK_K])
-                    w = w_desc.load([off_n, kt * BLOCK_K])
+                    if PACKED4:
+                        w = _unpack_int4(w_desc.load([off_n, kt * (BLOCK_K // 2)]), BLOCK_N, BLOCK_K)
+                    else:
+                        w = w_desc.load([off_n, kt * BLOCK_K])
                     acc = tl.dot(x, w.T, acc, out_dtype=tl.int32)
             offs_m = off_m + tl.arange(0, BLOCK_M)
             offs_n = off_n + tl.arange(0, BLOCK_N)
@@ -298,7 +311,7 @@ def _choose(*args) -> str:
         times = {}
         for name, run in (("tma", _launch_tma), ("plain", _launch_plain)):
             run(*args)  # autotunes this kernel for the shape
-            times[name] = triton.testing.do_bench(lambda run=run: run(*args), warmup=5, rep=20)
+            times[name] = triton.testing.do_bench(lambda run=run: run(*args), warmup=10, rep=50)
         choice = _MEASURED_CHOICE[key] = min(times, key=times.get)
     return choice
 
