@@ -108,17 +108,34 @@ def _tma_configs() -> list:
     ]
 
 
+def _prune_by_shape(configs: list, named_args: dict, **kwargs) -> list:
+    """Drop tiles far larger than the problem (they only add compile and tuning time).
+
+    A tile side may exceed the matrix side rounded up to a power of two only where no
+    smaller candidate exists; a model's first integer forward on a GPU compiles every
+    kept config for each distinct layer shape, so this bounds that warm-up.
+    """
+    kept = list(configs)
+    for dim, side in (("M", "BLOCK_M"), ("N", "BLOCK_N")):
+        size = max(1, int(named_args[dim]))
+        cap = max(1 << (size - 1).bit_length(), min(c.kwargs[side] for c in kept))
+        kept = [c for c in kept if c.kwargs[side] <= cap]
+    return kept or configs
+
+
 def _prune_tma_configs(configs: list, named_args: dict, **kwargs) -> list:
-    """Keep configs whose MMA M side (64 rows per warpgroup) is >= 64.
+    """Keep configs whose MMA M side (64 rows per warpgroup) is >= 64, then prune by shape.
 
     That side is BLOCK_M, or BLOCK_N for a swapped product; only int4 weights may swap
-    (int8 operands both come from shared memory, where swapping gains nothing).
+    (int8 operands both come from shared memory, where swapping gains nothing). Direct
+    and swapped configs are pruned by shape separately: each keeps its own smallest tiles.
     """
-    def ok(c) -> bool:
-        swap = c.kwargs["SWAP_AB"]
-        return (not swap or kwargs.get("PACKED4")) and c.kwargs["BLOCK_N" if swap else "BLOCK_M"] >= 64
-
-    kept = [c for c in configs if ok(c)]
+    kept = []
+    for swap in (False, True) if kwargs.get("PACKED4") else (False,):
+        side = "BLOCK_N" if swap else "BLOCK_M"
+        group = [c for c in configs if c.kwargs["SWAP_AB"] == swap and c.kwargs[side] >= 64]
+        if group:
+            kept += _prune_by_shape(group, named_args)
     return kept or configs
 
 
@@ -169,7 +186,8 @@ if KERNEL_AVAILABLE:
         else:
             tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
-    @triton.autotune(configs=_configs(), key=["M", "N", "K", "PACKED4", "OUT_KIND"])
+    @triton.autotune(configs=_configs(), key=["M", "N", "K", "PACKED4", "OUT_KIND"],
+                     prune_configs_by={"early_config_prune": _prune_by_shape})
     @triton.jit
     def int8_gemm_kernel(
         x_ptr, w_ptr, out_ptr, wscale_ptr, wsum_ptr, bias_ptr,
