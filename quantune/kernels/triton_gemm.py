@@ -25,6 +25,7 @@ The module imports without Triton (``KERNEL_AVAILABLE`` is False then).
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple
 
 try:
     import triton
@@ -296,7 +297,32 @@ def tma_eligible(x, w) -> bool:
                for t in (x, w))
 
 
-# (M, N, K, flags, out dtype) -> "tma" | "plain", measured on first use (see launch).
+class GemmCall(NamedTuple):
+    """One fused GEMM's operands and epilogue (the arguments of :func:`launch`)."""
+
+    x: Any
+    w: Any
+    packed4: bool
+    k: int
+    wscale: Any
+    wsum: Any
+    bias: Any
+    out: Any
+    x_scale: float
+    x_zp: int
+    clamp: tuple[float, float] | None
+    out_kind: int
+    out_scale: float
+    out_zp: int
+    q_range: tuple[int, int]
+
+    def choice_key(self) -> tuple:
+        """What the faster kernel depends on: device, shape, flags and output dtype."""
+        return (self.x.device.index, self.x.shape[0], self.w.shape[0], self.k, self.packed4,
+                self.clamp is not None, self.bias is not None, self.out_kind, self.out.dtype)
+
+
+# GemmCall.choice_key() -> "tma" | "plain", measured on first use (see launch).
 _MEASURED_CHOICE: dict[tuple, str] = {}
 
 
@@ -307,67 +333,65 @@ def launch(x, w, packed4: bool, k: int, wscale, wsum, bias, out, x_scale: float,
 
     ``kernel``: ``tma``, ``plain``, or ``auto``: where both can run, the first call of each
     (shape, flags, out dtype) times both kernels (each autotuned) and keeps the faster
-    one; measured on an H200, TMA wins large GEMMs and the plain kernel wins small M.
+    one; measured on an H200, TMA wins the large GEMMs.
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    args = (x, w, packed4, k, wscale, wsum, bias, out, x_scale, x_zp, clamp, out_kind, out_scale, out_zp, q_range)
+    call = GemmCall(x, w, packed4, k, wscale, wsum, bias, out, x_scale, x_zp, clamp, out_kind, out_scale, out_zp,
+                    q_range)
     if kernel == "auto":
-        kernel = _choose(*args) if tma_eligible(x, w) else "plain"
-    (_launch_tma if kernel == "tma" else _launch_plain)(*args)
+        kernel = _choose(call) if tma_eligible(x, w) else "plain"
+    (_launch_tma if kernel == "tma" else _launch_plain)(call)
 
 
-def _choose(*args) -> str:
+def _choose(call: GemmCall) -> str:
     import torch
 
-    x, w, packed4, out, clamp, out_kind = args[0], args[1], args[2], args[7], args[10], args[11]
-    key = (x.shape[0], w.shape[0], args[3], packed4, clamp is not None, args[6] is not None, out_kind, out.dtype)
+    key = call.choice_key()
     choice = _MEASURED_CHOICE.get(key)
     if choice is None:
         if torch.cuda.is_current_stream_capturing():
             return "tma"  # cannot time inside a graph capture; warm the shape up first
         times = {}
         for name, run in (("tma", _launch_tma), ("plain", _launch_plain)):
-            run(*args)  # autotunes this kernel for the shape
-            times[name] = triton.testing.do_bench(lambda run=run: run(*args), warmup=10, rep=50)
+            run(call)  # autotunes this kernel for the shape
+            times[name] = triton.testing.do_bench(lambda run=run: run(call), warmup=10, rep=50)
         choice = _MEASURED_CHOICE[key] = min(times, key=times.get)
     return choice
 
 
-def _epilogue_args(bias, wscale, x_scale, x_zp, clamp, out_kind, out_scale, out_zp, q_range, packed4):
-    lo, hi = clamp if clamp is not None else (0.0, 0.0)
-    scalars = (float(x_scale), int(x_zp), float(lo), float(hi), 1.0 / float(out_scale), float(out_zp),
-               float(q_range[0]), float(q_range[1]))
-    flags = dict(HAS_BIAS=bias is not None, HAS_CLAMP=clamp is not None, PACKED4=packed4, OUT_KIND=out_kind)
-    return (bias if bias is not None else wscale), scalars, flags
+def _epilogue_args(call: GemmCall) -> tuple[Any, tuple, dict]:
+    lo, hi = call.clamp if call.clamp is not None else (0.0, 0.0)
+    scalars = (float(call.x_scale), int(call.x_zp), float(lo), float(hi), 1.0 / float(call.out_scale),
+               float(call.out_zp), float(call.q_range[0]), float(call.q_range[1]))
+    flags = dict(HAS_BIAS=call.bias is not None, HAS_CLAMP=call.clamp is not None, PACKED4=call.packed4,
+                 OUT_KIND=call.out_kind)
+    return (call.bias if call.bias is not None else call.wscale), scalars, flags
 
 
-def _launch_tma(x, w, packed4, k, wscale, wsum, bias, out, x_scale, x_zp, clamp, out_kind, out_scale, out_zp,
-                q_range) -> None:
-    m, n = x.shape[0], w.shape[0]
-    bias_arg, scalars, flags = _epilogue_args(bias, wscale, x_scale, x_zp, clamp, out_kind, out_scale, out_zp,
-                                              q_range, packed4)
-    sms = _sm_count(x.device.index or 0)
+def _launch_tma(call: GemmCall) -> None:
+    m, n = call.x.shape[0], call.w.shape[0]
+    bias_arg, scalars, flags = _epilogue_args(call)
+    sms = _sm_count(call.x.device.index or 0)
     # Boxes are placeholders here: the autotune pre-hook sets each config's tiles.
-    x_desc = TensorDescriptor.from_tensor(x, [16, 16])
-    w_desc = TensorDescriptor.from_tensor(w, [16, 16])
+    x_desc = TensorDescriptor.from_tensor(call.x, [16, 16])
+    w_desc = TensorDescriptor.from_tensor(call.w, [16, 16])
 
     def grid(meta):
         return (min(sms, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
 
-    int8_gemm_tma_kernel[grid](x_desc, w_desc, out, wscale, wsum, bias_arg, m, n, k, out.stride(0), out.stride(1),
-                               *scalars, NUM_SMS=sms, **flags)
+    int8_gemm_tma_kernel[grid](x_desc, w_desc, call.out, call.wscale, call.wsum, bias_arg, m, n, call.k,
+                               call.out.stride(0), call.out.stride(1), *scalars, NUM_SMS=sms, **flags)
 
 
-def _launch_plain(x, w, packed4, k, wscale, wsum, bias, out, x_scale, x_zp, clamp, out_kind, out_scale, out_zp,
-                  q_range) -> None:
+def _launch_plain(call: GemmCall) -> None:
+    x, w, out = call.x, call.w, call.out
     m, n = x.shape[0], w.shape[0]
-    bias_arg, scalars, flags = _epilogue_args(bias, wscale, x_scale, x_zp, clamp, out_kind, out_scale, out_zp,
-                                              q_range, packed4)
+    bias_arg, scalars, flags = _epilogue_args(call)
 
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
-    int8_gemm_kernel[grid](x, w, out, wscale, wsum, bias_arg, m, n, k,
+    int8_gemm_kernel[grid](x, w, out, call.wscale, call.wsum, bias_arg, m, n, call.k,
                            x.stride(0), x.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1),
                            *scalars, **flags)
