@@ -123,8 +123,8 @@ def cuda_methods(m: int, k: int, n: int) -> dict:
     x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
     w = torch.randn(n, k, device=dev, dtype=torch.bfloat16)
     bias = torch.randn(n, device=dev)
-    # Signed activation codes with a zero point: what quantune's quantize pass emits on
-    # CUDA (the kernel's native input; uint8 codes cost one extra flip pass).
+    # Signed activation codes with a zero point: the kernel's native input (uint8 codes,
+    # which quantune's activation quantizer emits today, cost one extra flip pass).
     qx = torch.randint(-128, 128, (m, k), device=dev, dtype=torch.int8)
     w8 = quantize_weight(w.float().cpu(), 8)
     w4 = quantize_weight(w.float().cpu(), 4)

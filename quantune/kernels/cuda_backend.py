@@ -6,7 +6,8 @@ the int8 codes, padded with the activation zero point so padding adds exactly ze
 The kernel fuses ReLU / ReLU6 / clamp; a GELU epilogue runs after it in torch.
 
 The kernel takes signed int8 activation codes: int8 codes go in as they are, uint8 codes
-are flipped once (``x ^ 128``, zero point - 128), so producers on CUDA should emit int8.
+are flipped once (``x ^ 128``, zero point - 128). quantune's activation quantizer emits
+uint8 today, so a quantized model on CUDA pays that elementwise flip per layer input.
 """
 
 from __future__ import annotations
