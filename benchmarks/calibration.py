@@ -103,6 +103,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
         if proc.adaquant or proc.adaround:
             row["layerwise_holdout"] = proc.layerwise_holdout
             row["layerwise_float_target"] = proc.layerwise_float_target
+            row["seed"] = proc.seed
         rows.append(row)
         print(f"{name:20s} W{w_bits}A{a_bits} {label:28s} {entry.primary_metric}={metric:.4f} "
               f"calib={calib_s:7.1f}s rss={row['peak_rss_mb']:.0f}MB", flush=True)
@@ -116,7 +117,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
     label = best if pct is None else f"{best}{pct}"
     # A budget of 0 means none: every layer runs its full iterations (reproducible on any machine).
     ada = {"adaquant_iters": args.adaquant_iters, "adaquant_time_budget_s": args.adaquant_budget or None,
-           "adaround_iters": args.adaround_iters, "layerwise_holdout": args.holdout}
+           "adaround_iters": args.adaround_iters, "layerwise_holdout": args.holdout, "seed": args.seed}
 
     def lab(key: str) -> str:
         return label if key == "base" else f"{label}+{key}"
@@ -192,6 +193,8 @@ def main() -> None:
     ap.add_argument("--adaquant-iters", type=int, default=100, help="AdaQuant steps per layer")
     ap.add_argument("--holdout", type=float, default=CalibrationProcedure().layerwise_holdout,
                     help="share of calibration samples held out of AdaRound / AdaQuant to check each layer")
+    ap.add_argument("--seed", type=int, default=CalibrationProcedure().seed,
+                    help="seed of layer-wise calibration (minibatches, windows, held-out split)")
     ap.add_argument("--n-calib", type=int, help="calibration samples (default: the preset's)")
     ap.add_argument("--n-eval", type=int, help="evaluation samples (default: the preset's)")
     ap.add_argument("--methods", default=",".join(m for m, _ in W8_METHODS), help="W8A8 range methods")
