@@ -285,13 +285,18 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+@functools.cache
+def _major_capability(device_index: int) -> int:
+    import torch
+
+    return torch.cuda.get_device_capability(device_index)[0]
+
+
 def tma_eligible(x, w) -> bool:
     """Whether the TMA kernel can run: Hopper+, and every row start 16-byte aligned."""
     if TensorDescriptor is None or not x.is_cuda:
         return False
-    import torch
-
-    if torch.cuda.get_device_capability(x.device)[0] < 9:
+    if _major_capability(x.device.index or 0) < 9:
         return False
     return all(t.data_ptr() % 16 == 0 and t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0
                for t in (x, w))
