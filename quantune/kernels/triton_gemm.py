@@ -25,6 +25,7 @@ The module imports without Triton (``KERNEL_AVAILABLE`` is False then).
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, NamedTuple
 
 try:
@@ -349,7 +350,18 @@ def launch(x, w, packed4: bool, k: int, wscale, wsum, bias, out, x_scale: float,
     (_launch_tma if kernel == "tma" else _launch_plain)(call)
 
 
+def _bench_ms(fn: Any) -> float:
+    """Device milliseconds of one call (``triton.testing.do_bench``)."""
+    return triton.testing.do_bench(fn, warmup=10, rep=50)
+
+
 def _choose(call: GemmCall) -> str:
+    """The faster kernel for this call's key, measured once (see :func:`launch`).
+
+    A kernel that fails here (a Triton build that cannot lower the TMA kernel for this
+    GPU or shape, say) is left out with a warning, and the other one is used; if both
+    fail, the plain kernel's error is raised.
+    """
     import torch
 
     key = call.choice_key()
@@ -357,10 +369,18 @@ def _choose(call: GemmCall) -> str:
     if choice is None:
         if torch.cuda.is_current_stream_capturing():
             return "tma"  # cannot time inside a graph capture; warm the shape up first
-        times = {}
+        times: dict[str, float] = {}
         for name, run in (("tma", _launch_tma), ("plain", _launch_plain)):
-            run(call)  # autotunes this kernel for the shape
-            times[name] = triton.testing.do_bench(lambda run=run: run(call), warmup=10, rep=50)
+            try:
+                run(call)  # compiles and autotunes this kernel for the shape
+            except Exception as exc:  # noqa: BLE001 - any failure: fall back to the other kernel
+                if name == "plain" and not times:
+                    raise
+                warnings.warn(f"quantune: the {name} int8 GEMM kernel failed for M={call.x.shape[0]}, "
+                              f"N={call.w.shape[0]}, K={call.k} ({type(exc).__name__}: {exc}); "
+                              "using the other kernel", RuntimeWarning, stacklevel=3)
+                continue
+            times[name] = _bench_ms(lambda run=run: run(call))
         choice = _MEASURED_CHOICE[key] = min(times, key=times.get)
     return choice
 
