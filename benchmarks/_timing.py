@@ -58,21 +58,29 @@ def time_stats(
         for _ in range(warmup):
             fn()
     _sync(device)
-    samples: dict[str, list[float]] = {name: [] for name in fns}
+
+    def wall_ms(fn: Callable[[], object]) -> float:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        return (time.perf_counter() - t0) * 1e3
+
+    return _round_robin({name: lambda fn=fn: wall_ms(fn) for name, fn in fns.items()},
+                        min_rounds, max_rounds, budget_s)
+
+
+def _round_robin(samplers: Mapping[str, Callable[[], float]], min_rounds: int, max_rounds: int,
+                 budget_s: float) -> dict[str, dict[str, float]]:
+    """One sample (milliseconds) of each method per round until the rounds or the budget end."""
+    samples: dict[str, list[float]] = {name: [] for name in samplers}
     start = time.perf_counter()
     for r in range(max_rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            samples[name].append(time.perf_counter() - t0)
+        for name, sample in samplers.items():
+            samples[name].append(sample())
         if r + 1 >= min_rounds and time.perf_counter() - start > budget_s:
             break
-    return {
-        name: {"median_ms": statistics.median(s) * 1e3, "min_ms": min(s) * 1e3, "rounds": len(s)}
-        for name, s in samples.items()
-    }
-
+    return {name: {"median_ms": statistics.median(s), "min_ms": min(s), "rounds": len(s)}
+            for name, s in samples.items()}
 
 def time_cuda_graphs(
     fns: Mapping[str, Callable[[], object]],
@@ -123,19 +131,15 @@ def time_cuda_graphs(
             runs[name], graphed[name] = eager, False
         runs[name]()
     torch.cuda.synchronize()
-    samples: dict[str, list[float]] = {name: [] for name in runs}
     start_evt, end_evt = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start = time.perf_counter()
-    for r in range(max_rounds):
-        for name, run in runs.items():
-            start_evt.record()
-            run()
-            end_evt.record()
-            end_evt.synchronize()
-            samples[name].append(start_evt.elapsed_time(end_evt) / calls_per_graph)
-        if r + 1 >= min_rounds and time.perf_counter() - start > budget_s:
-            break
-    return {
-        name: {"median_ms": statistics.median(s), "min_ms": min(s), "rounds": len(s), "graph": graphed[name]}
-        for name, s in samples.items()
-    }
+
+    def device_ms(run: Callable[[], object]) -> float:
+        start_evt.record()
+        run()
+        end_evt.record()
+        end_evt.synchronize()
+        return start_evt.elapsed_time(end_evt) / calls_per_graph
+
+    stats = _round_robin({name: lambda run=run: device_ms(run) for name, run in runs.items()},
+                         min_rounds, max_rounds, budget_s)
+    return {name: {**st, "graph": graphed[name]} for name, st in stats.items()}
