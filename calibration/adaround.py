@@ -70,8 +70,8 @@ def _inverse_rectified_sigmoid(h: torch.Tensor) -> torch.Tensor:
     return torch.log(p / (1.0 - p))
 
 
-class _Rounding:
-    """The rounding variables of one layer and the weights they produce."""
+class WeightRounding:
+    """The rounding variables ``V`` of one layer and the weights they produce."""
 
     def __init__(self, layer: QuantizedLayer) -> None:
         w = layer.weight.detach()
@@ -100,9 +100,27 @@ class _Rounding:
         return self._weight((self.v >= 0).to(self.floor.dtype))  # h >= 0.5 <=> v >= 0
 
 
-def _output_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def output_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Squared error summed over output channels (dim 1), averaged over the rest."""
     return (out - target).pow(2).sum(dim=1).mean()
+
+
+def rounding_penalty(roundings: list[WeightRounding], progress: float, reg: float) -> torch.Tensor | float:
+    """The annealed regularizer ``reg * sum(1 - |2 h - 1| ** beta)`` at ``progress`` (0..1)
+    of the run: nothing during the warm-up, then ``beta`` decays from 20 to 2."""
+    if progress < WARMUP or reg == 0.0:
+        return 0.0
+    beta = BETA_END + (BETA_START - BETA_END) * max(0.0, 1.0 - (progress - WARMUP) / (1.0 - WARMUP))
+    return reg * sum((1.0 - (2.0 * r.h() - 1.0).abs().pow(beta)).sum() for r in roundings)
+
+
+def annealing_progress(step: int, iters: int, start: float, deadline: float | None) -> float:
+    """Share of the run done: of the steps, or of the time to ``deadline`` if larger (so
+    a run cut short by the deadline still ends with annealed, decided roundings)."""
+    progress = step / max(iters, 1)
+    if deadline is not None:
+        progress = max(progress, (time.perf_counter() - start) / max(deadline - start, 1e-9))
+    return progress
 
 
 @torch.no_grad()
@@ -154,26 +172,20 @@ def adaround_layer(
     x_q = _quantized_inputs(layer, samples.x)
     split = split_rows(layer, samples, holdout, gen)
     eval_idx = split.check
-    rounding = _Rounding(layer)
+    rounding = WeightRounding(layer)
     before = _mse(layer, x_q[eval_idx], samples.y[eval_idx], rounding.start)
     bias = None if layer.bias is None else layer.bias.detach()
     opt = torch.optim.Adam([rounding.v], lr=lr)
     batches = LayerBatches(layer, x_q, samples.y, rows_for(layer, batch_size), gen, rows=split.fit)
-    span = None if deadline is None else max(deadline - start, 1e-9)
     done = 0
     with torch.enable_grad():
         for step in range(iters):
-            now = time.perf_counter()
-            if deadline is not None and now > deadline:
+            if deadline is not None and time.perf_counter() > deadline:
                 break
-            progress = step / max(iters, 1)
-            if span is not None:
-                progress = max(progress, (now - start) / span)
+            progress = annealing_progress(step, iters, start, deadline)
             x, y = batches.draw()
-            loss = _output_error(batches.forward(x, rounding.soft_weight(), bias), y)
-            if progress >= WARMUP:
-                beta = BETA_END + (BETA_START - BETA_END) * max(0.0, 1.0 - (progress - WARMUP) / (1.0 - WARMUP))
-                loss = loss + reg * (1.0 - (2.0 * rounding.h() - 1.0).abs().pow(beta)).sum()
+            loss = output_error(batches.forward(x, rounding.soft_weight(), bias), y)
+            loss = loss + rounding_penalty([rounding], progress, reg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -79,6 +79,43 @@ def layer_step(method: str, procedure: CalibrationProcedure) -> LayerStep:
     return steps[method]
 
 
+def calibrate_layer(
+    step: LayerStep,
+    layer: QuantizedLayer,
+    li: LayerInfo,
+    float_model: nn.Module,
+    input_model: nn.Module,
+    batches: list[Any],
+    procedure: CalibrationProcedure,
+    *,
+    index: int,
+    seconds: float | None,
+) -> tuple[Any, float]:
+    """Collect one layer's samples (capped to the procedure's cache) and run ``step`` on them
+    for at most ``seconds`` of optimisation (None: no limit; collecting is not counted).
+
+    Returns:
+        ``(result, seconds of optimisation)``; the result is None when the layer never
+        ran on the calibration data.
+    """
+    n_samples = sum(batch_size(b) for b in batches)
+    selector = RowSelector.for_budget(
+        bytes_per_row(li.input_shape, li.output_shape, li.kind),
+        n_samples * rows_per_sample(li.input_shape, li.kind),
+        procedure.adaquant_cache_mb * 2**20,
+        procedure.seed,
+        index,
+    )
+    samples = collect_layer_samples(float_model, input_model, li.name, li.kind, batches, selector,
+                                    procedure.layerwise_float_target)
+    if samples is None:
+        return None, 0.0
+    started = time.perf_counter()
+    deadline = None if seconds is None else started + seconds
+    res = step(li.name, layer, samples, seed=procedure.seed * 7919 + index, deadline=deadline)
+    return res, time.perf_counter() - started
+
+
 def run_layerwise(
     qmodel: Any,
     float_model: nn.Module,
@@ -108,7 +145,6 @@ def run_layerwise(
     qlayers: dict[str, QuantizedLayer] = qmodel.quantized_layers()
     info = {li.name: li for li in layers}
     names = execution_order(float_model, [n for n in info if n in qlayers], batches[0])
-    n_samples = sum(batch_size(b) for b in batches)
     input_model = qmodel.model if procedure.adaquant_sequential else float_model
     qmodel.set_mode("simulate")
     budget = procedure.adaquant_time_budget_s
@@ -120,27 +156,14 @@ def run_layerwise(
     bar = progress_bar(total=len(names), desc=method, unit="layer", enable=show_progress)
     try:
         for k, name in enumerate(names):
-            li = info[name]
-            selector = RowSelector.for_budget(
-                bytes_per_row(li.input_shape, li.output_shape, li.kind),
-                n_samples * rows_per_sample(li.input_shape, li.kind),
-                procedure.adaquant_cache_mb * 2**20,
-                procedure.seed,
-                k,
-            )
-            samples = collect_layer_samples(float_model, input_model, name, li.kind, batches, selector,
-                                            procedure.layerwise_float_target)
-            if samples is not None:
-                deadline = None
-                if budget is not None:
-                    # Spread what is left of the budget evenly over the layers left.
-                    deadline = time.perf_counter() + max(budget - optimised_s, 0.0) / (len(names) - k)
-                started = time.perf_counter()
-                res = step(name, qlayers[name], samples, seed=procedure.seed * 7919 + k, deadline=deadline)
-                optimised_s += time.perf_counter() - started
+            # Spread what is left of the budget evenly over the layers left.
+            share = None if budget is None else max(budget - optimised_s, 0.0) / (len(names) - k)
+            res, seconds = calibrate_layer(step, qlayers[name], info[name], float_model, input_model, batches,
+                                           procedure, index=k, seconds=share)
+            optimised_s += seconds
+            if res is not None:
                 results.append(res)
                 bar.set_postfix_str(f"{name} mse {res.mse_before:.2e}->{res.mse_after:.2e}")
-                del samples
             bar.update(1)
     finally:
         bar.close()

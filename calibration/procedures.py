@@ -46,12 +46,18 @@ def run_procedure(qmodel: Any, prepared: Any, procedure: CalibrationProcedure) -
                                       "fused_with": "gptq", "seconds": 0.0}
     for method in ("adaround", "adaquant"):  # AdaQuant fine-tunes what AdaRound rounded
         if getattr(procedure, method):
+            from quantune.calibration.block_reconstruction import run_block_reconstruction
             from quantune.calibration.layerwise import run_layerwise
 
             t = time.perf_counter()
-            results = run_layerwise(qmodel, prepared.float_model, prepared.layers, batches, procedure, method,
-                                    show_progress=show)
-            log[method] = {"layers": [r.__dict__ for r in results], "seconds": time.perf_counter() - t}
+            if method == "adaround" and procedure.adaround_blocks:
+                results = run_block_reconstruction(qmodel, prepared.float_model, prepared.layers, batches,
+                                                   procedure, show_progress=show)
+            else:
+                results = run_layerwise(qmodel, prepared.float_model, prepared.layers, batches, procedure,
+                                        method, show_progress=show)
+            log[method] = {"layers": [r.__dict__ for r in results], "seconds": time.perf_counter() - t,
+                           **({"blocks": True} if method == "adaround" and procedure.adaround_blocks else {})}
     if procedure.bn_reestimate:
         from quantune.calibration.bn_reestimate import reestimate_bn
 

@@ -137,7 +137,12 @@ class CalibrationProcedure:
             (AdaQuant and AdaRound).
         adaround: learn each weight's up/down rounding against the layer's output
             error (AdaRound; step sizes stay; runs after GPTQ, before AdaQuant).
-        adaround_iters: optimizer steps per layer for AdaRound.
+        adaround_blocks: AdaRound reconstructs the output of each *block* (a child of an
+            ``nn.ModuleList`` / ``nn.Sequential`` holding two or more quantized layers:
+            an inverted-bottleneck or residual block) with the rounding of all its layers
+            learned jointly, as BRECQ does; lone layers, and blocks whose call is not a
+            single tensor in and out, stay layer-wise (step name ``brecq``).
+        adaround_iters: optimizer steps per layer (per block) for AdaRound.
         adaround_lr: Adam learning rate of AdaRound's rounding logits.
         adaround_reg: weight of AdaRound's regularizer that drives each rounding
             variable to 0 or 1.
@@ -180,6 +185,7 @@ class CalibrationProcedure:
     gptq_sequential: bool = True
     gptq_float_target: bool = False
     adaround: bool = False
+    adaround_blocks: bool = False
     adaround_iters: int = 1000
     adaround_lr: float = 1e-2
     adaround_reg: float = 0.01
@@ -212,29 +218,34 @@ class CalibrationProcedure:
             raise UserInputError(f"gptq_damp must be in (0, 1], got {self.gptq_damp!r}.")
 
     #: Step names of :meth:`from_steps`, in the order the pipeline runs them.
-    STEPS = ("gptq", "adaround", "adaquant", "bn", "biascorr")
+    STEPS = ("gptq", "adaround", "brecq", "adaquant", "bn", "biascorr")
 
     @classmethod
     def from_steps(cls, steps: str, **options: Any) -> CalibrationProcedure:
         """A procedure from ``"base"`` or step names joined by ``+`` (``"gptq+biascorr"``).
 
-        Steps: ``gptq``, ``adaround``, ``adaquant``, ``bn`` (BatchNorm re-estimation), ``biascorr``;
-        they run in the pipeline's order whatever the order written. ``options`` set
-        other fields (``adaquant_iters=100``).
+        Steps: ``gptq``, ``adaround``, ``brecq`` (AdaRound reconstructing whole blocks),
+        ``adaquant``, ``bn`` (BatchNorm re-estimation), ``biascorr``; they run in the
+        pipeline's order whatever the order written. ``options`` set other fields
+        (``adaquant_iters=100``).
         """
         names = set() if steps.strip() in ("", "base") else {s.strip() for s in steps.split("+")}
         unknown = names - set(cls.STEPS)
         if unknown:
             raise UserInputError(f"Unknown calibration step(s) {sorted(unknown)} in {steps!r}; "
                                  f"use 'base' or {'+'.join(cls.STEPS)} (any subset).")
-        return cls(gptq="gptq" in names, adaround="adaround" in names, adaquant="adaquant" in names,
+        if {"adaround", "brecq"} <= names:
+            raise UserInputError(f"{steps!r}: 'brecq' is AdaRound by blocks; use 'adaround' or 'brecq', not both.")
+        return cls(gptq="gptq" in names, adaround=bool(names & {"adaround", "brecq"}),
+                   adaround_blocks="brecq" in names, adaquant="adaquant" in names,
                    bn_reestimate="bn" in names,
                    bias_correction="biascorr" in names, **options)
 
     @property
     def steps(self) -> str:
         """Inverse of :meth:`from_steps`: ``"base"`` or the steps joined by ``+``."""
-        on = {"gptq": self.gptq, "adaround": self.adaround, "adaquant": self.adaquant,
+        on = {"gptq": self.gptq, "adaround": self.adaround and not self.adaround_blocks,
+              "brecq": self.adaround and self.adaround_blocks, "adaquant": self.adaquant,
               "bn": self.bn_reestimate,
               "biascorr": self.bias_correction}
         return "+".join(s for s in self.STEPS if on[s]) or "base"

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -92,6 +94,9 @@ class QuantizedLayer(nn.Module):
         #: ``(consumer layer, safe under inference_mode)``: requantize the output to the
         #: consumer's input grid (set by :func:`quantune.activation_fusion.apply_chains`).
         self.chain_target: tuple[QuantizedLayer, bool] | None = None
+        #: While set, simulate mode computes with this function's weight instead of the
+        #: fake-quantized ``weight`` (see :meth:`substituted_weight`).
+        self._weight_source: Callable[[], torch.Tensor] | None = None
 
     @property
     def backend(self) -> str:
@@ -153,7 +158,21 @@ class QuantizedLayer(nn.Module):
         self._codes_cache = (key, qw)
         return qw
 
+    @contextmanager
+    def substituted_weight(self, source: Callable[[], torch.Tensor]) -> Iterator[None]:
+        """Within the block, simulate mode computes with ``source()`` as the dequantized
+        weight (called on every forward, so it may be a differentiable function of
+        parameters being optimized, as in block reconstruction)."""
+        previous, self._weight_source = getattr(self, "_weight_source", None), source
+        try:
+            yield
+        finally:
+            self._weight_source = previous
+
     def fake_quant_weight(self) -> torch.Tensor:
+        source = getattr(self, "_weight_source", None)  # absent on layers pickled before it existed
+        if source is not None:
+            return source()
         lo, hi = self.w_qrange
         return fake_quantize(self.weight, self.w_scale, self.w_zero_point, lo, hi, self._w_axis())
 

@@ -22,6 +22,11 @@ def small_cnn(seed: int = 0) -> tuple[nn.Module, list[torch.Tensor]]:
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
     )
     data = [torch.randn(16, 3, 12, 12) for _ in range(6)]
+    return fit_batchnorms(model, data), data
+
+
+def fit_batchnorms(model: nn.Module, data: list[torch.Tensor]) -> nn.Module:
+    """Random BatchNorm affine parameters, statistics fitted exactly to ``data``; eval mode."""
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = None  # cumulative average: exact statistics of the data
@@ -31,9 +36,15 @@ def small_cnn(seed: int = 0) -> tuple[nn.Module, list[torch.Tensor]]:
     with torch.no_grad():
         for b in data:
             model(b)
-    return model.eval(), data
+    return model.eval()
 
 
 @pytest.fixture
 def cnn() -> tuple[nn.Module, list[torch.Tensor]]:
     return small_cnn()
+
+
+@pytest.fixture
+def fit_bn():
+    """:func:`fit_batchnorms`, for test modules that build their own networks."""
+    return fit_batchnorms
