@@ -71,7 +71,8 @@ def procedure(key: str, layerwise: dict[str, Any]) -> CalibrationProcedure:
     """The :class:`CalibrationProcedure` of a row key such as ``gptq+biascorr``; a key ending
     in ``@own`` fits AdaRound / AdaQuant to the float layer on its own input."""
     steps, own = key.removesuffix("@own"), key.endswith("@own")
-    options = {**layerwise, "layerwise_float_target": not own} if "ada" in steps else {}
+    plain = CalibrationProcedure.from_steps(steps)
+    options = {**layerwise, "layerwise_float_target": not own} if plain.adaround or plain.adaquant else {}
     return CalibrationProcedure.from_steps(steps, **options)
 
 

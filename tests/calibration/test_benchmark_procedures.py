@@ -1,0 +1,41 @@
+"""benchmarks/calibration.py: every layer-wise row key gets the run's layer-wise options."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "calibration.py"
+
+
+def _bench() -> ModuleType:
+    name = "quantune_bench_calibration"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, BENCH)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+OPTIONS = {"adaround_iters": 77, "adaquant_iters": 55, "adaquant_time_budget_s": None,
+           "layerwise_holdout": 0.0, "seed": 3}
+
+
+@pytest.mark.parametrize("key", ["adaround", "brecq", "adaquant+biascorr", "gptq+brecq", "adaround@own"])
+def test_layerwise_rows_receive_the_runs_options(key):
+    proc = _bench().procedure(key, OPTIONS)
+    assert (proc.adaround_iters, proc.adaquant_iters, proc.seed, proc.layerwise_holdout) == (77, 55, 3, 0.0)
+    assert proc.layerwise_float_target is (not key.endswith("@own"))
+    assert proc.adaround_blocks is ("brecq" in key)
+
+
+@pytest.mark.parametrize("key", ["base", "gptq+biascorr"])
+def test_other_rows_keep_the_defaults(key):
+    proc = _bench().procedure(key, OPTIONS)
+    assert proc.seed == 0 and proc.adaround_iters != 77
