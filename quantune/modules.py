@@ -160,7 +160,7 @@ class QuantizedLayer(nn.Module):
 
     @contextmanager
     def substituted_weight(self, source: Callable[[], torch.Tensor]) -> Iterator[None]:
-        """Within the block, simulate mode computes with ``source()`` as the dequantized
+        """Inside this context, simulate mode computes with ``source()`` as the dequantized
         weight (called on every forward, so it may be a differentiable function of
         parameters being optimized, as in block reconstruction)."""
         previous, self._weight_source = getattr(self, "_weight_source", None), source

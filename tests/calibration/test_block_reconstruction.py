@@ -220,3 +220,15 @@ def test_brecq_step_name_round_trips_and_excludes_adaround():
     assert CalibrationProcedure.from_steps("adaround").steps == "adaround"
     with pytest.raises(UserInputError, match="not both"):
         CalibrationProcedure.from_steps("adaround+brecq")
+
+
+def test_search_value_block_selects_block_reconstruction():
+    from quantune.tune_space import DEFAULT_DIMENSIONS, point_to_config, ptq_space
+
+    procedure = point_to_config({"w_bits": 4, "adaround": "block"}, ["a", "b", "c"]).procedure
+    assert procedure.adaround and procedure.adaround_blocks and procedure.layerwise_float_target
+    assert not point_to_config({"w_bits": 4, "adaround": True}, ["a", "b", "c"]).procedure.adaround_blocks
+    assert "block" not in DEFAULT_DIMENSIONS["adaround"]  # opt-in: the default space is unchanged
+    assert ptq_space({"adaround": (False, "block")}).size == 2
+    with pytest.raises(UserInputError, match="block"):
+        ptq_space({"adaround": ("blocks",)})
