@@ -48,3 +48,24 @@ def cnn() -> tuple[nn.Module, list[torch.Tensor]]:
 def fit_bn():
     """:func:`fit_batchnorms`, for test modules that build their own networks."""
     return fit_batchnorms
+
+
+@pytest.fixture
+def quantize_w3a8():
+    """``(model, data, **procedure) -> (prepared, simulated W3A8 model)`` for test networks."""
+    from quantune.config import (
+        ActQuant,
+        CalibrationProcedure,
+        LayerQuantConfig,
+        QuantConfig,
+        WeightQuant,
+    )
+    from quantune.prepare import prepare
+
+    layer = LayerQuantConfig(WeightQuant(bits=3), ActQuant(bits=8))
+
+    def quantize(model: nn.Module, data: list[torch.Tensor], **procedure):
+        p = prepare(model, data)
+        return p, p.quantize(QuantConfig(default=layer, procedure=CalibrationProcedure(**procedure)), "simulate")
+
+    return quantize

@@ -15,18 +15,9 @@ from quantune.calibration.block_reconstruction import (
     reconstruct_block,
 )
 from quantune.calibration.blocks import ReconstructionUnit, find_units
-from quantune.config import (
-    ActQuant,
-    CalibrationProcedure,
-    LayerQuantConfig,
-    QuantConfig,
-    WeightQuant,
-)
+from quantune.config import CalibrationProcedure
 from quantune.errors import UserInputError
 from quantune.modules import QuantizedLayer
-from quantune.prepare import prepare
-
-W3A8 = LayerQuantConfig(WeightQuant(bits=3), ActQuant(bits=8))
 
 
 class Bottleneck(nn.Module):
@@ -92,11 +83,6 @@ def make_net(fit_bn):
     return make
 
 
-def _quantized(model, data, **proc):
-    p = prepare(model, data)
-    return p, p.quantize(QuantConfig(default=W3A8, procedure=CalibrationProcedure(**proc)), "simulate")
-
-
 def _proc(iters: int, batch: int, holdout: float = 0.0) -> CalibrationProcedure:
     return CalibrationProcedure(adaround_iters=iters, adaround_batch_size=batch, layerwise_holdout=holdout)
 
@@ -106,9 +92,9 @@ def _block_samples(p, q, name, float_target=True):
                                  cache_bytes=2**30, seed=0, float_target=float_target)
 
 
-def test_units_are_container_children_with_two_or_more_quantized_layers(make_net):
+def test_units_are_container_children_with_two_or_more_quantized_layers(make_net, quantize_w3a8):
     model, data = make_net()
-    p, q = _quantized(model, data)
+    p, q = quantize_w3a8(model, data)
     order = list(q.quantized_layers())
     units = find_units(q.model, order)
     assert [u.name for u in units] == ["stem.0", "blocks.0", "blocks.1", "head"]
@@ -119,16 +105,16 @@ def test_units_are_container_children_with_two_or_more_quantized_layers(make_net
     assert sorted(n for u in units for n in u.layers) == sorted(order)
 
 
-def test_a_flat_sequential_network_has_only_lone_layers(cnn):
+def test_a_flat_sequential_network_has_only_lone_layers(cnn, quantize_w3a8):
     model, data = cnn
-    p, q = _quantized(model, data)
+    p, q = quantize_w3a8(model, data)
     units = find_units(q.model, list(q.quantized_layers()))
     assert all(not u.is_block for u in units)
 
 
-def test_block_rounding_stays_on_the_grid_and_lowers_the_block_error(make_net):
+def test_block_rounding_stays_on_the_grid_and_lowers_the_block_error(make_net, quantize_w3a8):
     model, data = make_net()
-    p, q = _quantized(model, data)
+    p, q = quantize_w3a8(model, data)
     name = "blocks.0"
     block = dict(q.model.named_modules())[name]
     layers = [m for m in block.modules() if isinstance(m, QuantizedLayer)]
@@ -151,11 +137,11 @@ def test_block_rounding_stays_on_the_grid_and_lowers_the_block_error(make_net):
         assert torch.all(torch.round(codes)[inside] <= torch.ceil(float_codes)[inside])
 
 
-def test_block_reconstruction_is_deterministic_under_a_seed(make_net):
+def test_block_reconstruction_is_deterministic_under_a_seed(make_net, quantize_w3a8):
     weights = []
     for _ in range(2):
         model, data = make_net()
-        p, q = _quantized(model, data)
+        p, q = quantize_w3a8(model, data)
         block = dict(q.model.named_modules())["blocks.1"]
         layers = [m for m in block.modules() if isinstance(m, QuantizedLayer)]
         reconstruct_block("blocks.1", block, layers, _block_samples(p, q, "blocks.1"), _proc(60, 4), seed=3)
@@ -163,9 +149,9 @@ def test_block_reconstruction_is_deterministic_under_a_seed(make_net):
     assert torch.equal(weights[0], weights[1])
 
 
-def test_a_block_that_cannot_improve_on_held_out_samples_is_left_unchanged(make_net):
+def test_a_block_that_cannot_improve_on_held_out_samples_is_left_unchanged(make_net, quantize_w3a8):
     model, data = make_net()
-    p, q = _quantized(model, data)
+    p, q = quantize_w3a8(model, data)
     block = dict(q.model.named_modules())["blocks.0"]
     layers = [m for m in block.modules() if isinstance(m, QuantizedLayer)]
     samples = _block_samples(p, q, "blocks.0")
@@ -180,11 +166,11 @@ def test_a_block_that_cannot_improve_on_held_out_samples_is_left_unchanged(make_
         assert res.mse_after < res.mse_before
 
 
-def test_brecq_procedure_lowers_the_model_error_and_logs_blocks(make_net):
+def test_brecq_procedure_lowers_the_model_error_and_logs_blocks(make_net, quantize_w3a8):
     model, data = make_net()
     x = torch.cat(data)
-    _, plain = _quantized(model, data)
-    p, q = _quantized(model, data, adaround=True, adaround_blocks=True, adaround_iters=200, adaround_batch_size=8)
+    _, plain = quantize_w3a8(model, data)
+    p, q = quantize_w3a8(model, data, adaround=True, adaround_blocks=True, adaround_iters=200, adaround_batch_size=8)
     with torch.no_grad():
         ref = model(x)
         assert F.mse_loss(q(x), ref) < F.mse_loss(plain(x), ref)
@@ -201,14 +187,14 @@ def test_brecq_procedure_lowers_the_model_error_and_logs_blocks(make_net):
         assert torch.allclose(integer, q(x), atol=1e-3, rtol=1e-3)
 
 
-def test_a_block_called_with_tensor_keywords_falls_back_to_layer_wise():
+def test_a_block_called_with_tensor_keywords_falls_back_to_layer_wise(quantize_w3a8):
     torch.manual_seed(0)
     model = MaskedNet().eval()
     data = [torch.randn(16, 16) for _ in range(4)]
-    p, q = _quantized(model, data)
+    p, q = quantize_w3a8(model, data)
     with pytest.raises(BlockNotReplayable):
         _block_samples(p, q, "layers.0")
-    p, q = _quantized(model, data, adaround=True, adaround_blocks=True, adaround_iters=20)
+    p, q = quantize_w3a8(model, data, adaround=True, adaround_blocks=True, adaround_iters=20)
     names = [r["name"] for r in q.calibration_log["adaround"]["layers"]]
     assert names == ["layers.0.a", "layers.0.b", "out"]  # one result per layer: layer-wise
 
