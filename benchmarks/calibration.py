@@ -105,6 +105,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
             row["layerwise_holdout"] = proc.layerwise_holdout
             row["layerwise_float_target"] = proc.layerwise_float_target
             row["seed"] = proc.seed
+            row["synthetic_samples"] = proc.synthetic_samples
         rows.append(row)
         print(f"{name:20s} W{w_bits}A{a_bits} {label:28s} {entry.primary_metric}={metric:.4f} "
               f"calib={calib_s:7.1f}s rss={row['peak_rss_mb']:.0f}MB", flush=True)
@@ -118,10 +119,15 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
     label = best if pct is None else f"{best}{pct}"
     # A budget of 0 means none: every layer runs its full iterations (reproducible on any machine).
     ada = {"adaquant_iters": args.adaquant_iters, "adaquant_time_budget_s": args.adaquant_budget or None,
-           "adaround_iters": args.adaround_iters, "layerwise_holdout": args.holdout, "seed": args.seed}
+           "adaround_iters": args.adaround_iters, "layerwise_holdout": args.holdout, "seed": args.seed,
+           "synthetic_samples": args.synthetic, "synthetic_iters": args.synthetic_iters}
 
     def lab(key: str) -> str:
-        return label if key == "base" else f"{label}+{key}"
+        if key == "base":
+            return label
+        layerwise = procedure(key, ada)
+        synth = f"+synth{args.synthetic}" if args.synthetic and (layerwise.adaround or layerwise.adaquant) else ""
+        return f"{label}+{key}{synth}"
 
     for key in [k for k in args.w8_procs.split(",") if k]:
         measure(8, 8, best, pct, procedure(key, ada), lab(key))
@@ -196,6 +202,10 @@ def main() -> None:
                     help="share of calibration samples held out of AdaRound / AdaQuant to check each layer")
     ap.add_argument("--seed", type=int, default=CalibrationProcedure().seed,
                     help="seed of layer-wise calibration (minibatches, windows, held-out split)")
+    ap.add_argument("--synthetic", type=int, default=0,
+                    help="inputs distilled from BatchNorm statistics added to AdaRound / AdaQuant's data")
+    ap.add_argument("--synthetic-iters", type=int, default=CalibrationProcedure().synthetic_iters,
+                    help="distillation steps per batch of synthetic inputs")
     ap.add_argument("--n-calib", type=int, help="calibration samples (default: the preset's)")
     ap.add_argument("--n-eval", type=int, help="evaluation samples (default: the preset's)")
     ap.add_argument("--methods", default=",".join(m for m, _ in W8_METHODS), help="W8A8 range methods")

@@ -44,6 +44,14 @@ def run_procedure(qmodel: Any, prepared: Any, procedure: CalibrationProcedure) -
         if fused_bias:
             log["bias_correction"] = {"shift_removed": {r.name: r.bias_shift for r in done},
                                       "fused_with": "gptq", "seconds": 0.0}
+    layerwise_batches = batches
+    if procedure.synthetic_samples and (procedure.adaround or procedure.adaquant):
+        t = time.perf_counter()
+        key = (procedure.synthetic_samples, procedure.synthetic_iters, procedure.seed)
+        layerwise_batches = batches + prepared.synthetic_data(*key)
+        report = prepared.synthetic_reports[key]
+        # "seconds": this call's (~0 when an earlier quantization distilled the same set).
+        log["synthetic"] = {**report.__dict__, "distill_seconds": report.seconds, "seconds": time.perf_counter() - t}
     for method in ("adaround", "adaquant"):  # AdaQuant fine-tunes what AdaRound rounded
         if getattr(procedure, method):
             from quantune.calibration.block_reconstruction import run_block_reconstruction
@@ -51,11 +59,11 @@ def run_procedure(qmodel: Any, prepared: Any, procedure: CalibrationProcedure) -
 
             t = time.perf_counter()
             if method == "adaround" and procedure.adaround_blocks:
-                results = run_block_reconstruction(qmodel, prepared.float_model, prepared.layers, batches,
-                                                   procedure, show_progress=show)
+                results = run_block_reconstruction(qmodel, prepared.float_model, prepared.layers,
+                                                   layerwise_batches, procedure, show_progress=show)
             else:
-                results = run_layerwise(qmodel, prepared.float_model, prepared.layers, batches, procedure,
-                                        method, show_progress=show)
+                results = run_layerwise(qmodel, prepared.float_model, prepared.layers, layerwise_batches,
+                                        procedure, method, show_progress=show)
             log[method] = {"layers": [r.__dict__ for r in results], "seconds": time.perf_counter() - t,
                            **({"blocks": True} if method == "adaround" and procedure.adaround_blocks else {})}
     if procedure.bn_reestimate:

@@ -166,6 +166,11 @@ class CalibrationProcedure:
             are already rounded (False: one float pass for every layer, faster).
         gptq_float_target: (sequential) round towards the float model's layer output,
             absorbing the error of earlier layers in closed form.
+        synthetic_samples: inputs distilled from the model's BatchNorm statistics
+            (:mod:`quantune.calibration.synthetic`) added to the training data of
+            AdaRound and AdaQuant; activation ranges, GPTQ and the corrections keep
+            the real data. Only for models with BatchNorm layers and one float input.
+        synthetic_iters: optimizer steps of that distillation per batch of 32 inputs.
     """
 
     max_samples: int | None = None
@@ -192,6 +197,8 @@ class CalibrationProcedure:
     adaround_batch_size: int = 8
     layerwise_holdout: float = 0.25
     layerwise_float_target: bool = True
+    synthetic_samples: int = 0
+    synthetic_iters: int = 200
 
     def __post_init__(self) -> None:
         if self.max_samples is not None and self.max_samples < 1:
@@ -214,6 +221,9 @@ class CalibrationProcedure:
             raise UserInputError(f"adaround_reg must be >= 0, got {self.adaround_reg!r}.")
         if not 0.0 <= float(self.layerwise_holdout) <= 0.5:
             raise UserInputError(f"layerwise_holdout must be in [0, 0.5], got {self.layerwise_holdout!r}.")
+        if self.synthetic_samples < 0 or self.synthetic_iters < 1:
+            raise UserInputError("synthetic_samples must be >= 0 and synthetic_iters >= 1, got "
+                                 f"{self.synthetic_samples!r} and {self.synthetic_iters!r}.")
         if not 0.0 < float(self.gptq_damp) <= 1.0:
             raise UserInputError(f"gptq_damp must be in (0, 1], got {self.gptq_damp!r}.")
 

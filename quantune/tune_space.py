@@ -45,6 +45,9 @@ DEFAULT_DIMENSIONS: dict[str, tuple[Any, ...]] = {
     "adaround": (False, True, "own"),
     "adaquant": (False, True),
     "calib_samples": (None,),
+    # Inputs distilled from BatchNorm statistics added to AdaRound / AdaQuant's data (CNNs
+    # only; opt in with e.g. (0, 32): each distillation costs minutes on a CPU).
+    "synthetic_samples": (0,),
     "float_fallback": (0,),
 }
 # Ordered dimensions with the prior "the metric does not fall towards the end of this
@@ -72,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "adaround": False,
     "adaquant": False,
     "calib_samples": None,
+    "synthetic_samples": 0,
     "float_fallback": 0,
     "bit_policy": "uniform",
 }
@@ -188,6 +192,7 @@ def point_to_config(
         adaround_blocks=p["adaround"] == "block",
         layerwise_float_target=p["adaround"] != "own",
         gptq=bool(p["gptq"]),
+        synthetic_samples=int(p["synthetic_samples"]),
         seed=seed,
     )
     return QuantConfig(default=layer, overrides=tuple(overrides.items()), procedure=procedure)
@@ -212,6 +217,8 @@ def describe_point(point: Mapping[str, Any]) -> str:
         parts.append("+adaround" + (f"({p['adaround']})" if p["adaround"] in ("own", "block") else ""))
     if p["adaquant"]:
         parts.append("+adaquant")
+    if p["synthetic_samples"] and (p["adaround"] or p["adaquant"]):
+        parts.append(f"+syn{p['synthetic_samples']}")
     if p["float_fallback"]:
         parts.append(f"fp{p['float_fallback']}")
     if p["calib_samples"]:
