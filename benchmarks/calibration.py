@@ -106,6 +106,10 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
             row["layerwise_float_target"] = proc.layerwise_float_target
             row["seed"] = proc.seed
             row["synthetic_samples"] = proc.synthetic_samples
+            synthetic = getattr(q, "calibration_log", {}).get("synthetic")
+            if synthetic:  # how well the distillation matched the BatchNorm statistics, and its cost
+                row["synthetic_loss"] = [round(synthetic["loss_start"], 4), round(synthetic["loss_end"], 4)]
+                row["synthetic_distill_s"] = round(synthetic["distill_seconds"], 1)
         rows.append(row)
         print(f"{name:20s} W{w_bits}A{a_bits} {label:28s} {entry.primary_metric}={metric:.4f} "
               f"calib={calib_s:7.1f}s rss={row['peak_rss_mb']:.0f}MB", flush=True)
