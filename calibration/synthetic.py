@@ -177,7 +177,8 @@ def _distill(model: nn.Module, modules: dict[str, nn.Module], targets: list[Chan
     with bar:
         for b in range(n_batches):
             m = min(batch_size, n - b * batch_size)
-            x = (mean + std * torch.randn((m, *sample_shape), generator=gen)).clamp(lo, hi).requires_grad_(True)
+            noise = torch.randn((m, *sample_shape), generator=gen).to(mean.device)  # CPU generator: same on any device
+            x = (mean + std * noise).clamp(lo, hi).requires_grad_(True)
             opt = torch.optim.Adam([x], lr=lr)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iters, 1))
             for _ in range(iters):
@@ -204,7 +205,7 @@ def _jittered(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return x
     dy, dx = (int(v) for v in torch.randint(-_JITTER, _JITTER + 1, (2,), generator=gen))
     out = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-    return out.flip(3) if bool(torch.rand((), generator=gen) < 0.5) else out
+    return out.flip(3) if float(torch.rand((), generator=gen)) < 0.5 else out
 
 
 def _loss(model: nn.Module, modules: dict[str, nn.Module], targets: list[ChannelTarget], x: torch.Tensor
