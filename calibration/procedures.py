@@ -47,11 +47,13 @@ def run_procedure(qmodel: Any, prepared: Any, procedure: CalibrationProcedure) -
     layerwise_batches = batches
     if procedure.synthetic_samples and (procedure.adaround or procedure.adaquant):
         t = time.perf_counter()
-        key = (procedure.synthetic_samples, procedure.synthetic_iters, procedure.seed)
-        layerwise_batches = batches + prepared.synthetic_data(*key)
-        report = prepared.synthetic_reports[key]
+        synthetic, report = prepared.synthetic_data(procedure.synthetic_samples, procedure.synthetic_iters,
+                                                    procedure.seed)
+        layerwise_batches = batches + synthetic
         # "seconds": this call's (~0 when an earlier quantization distilled the same set).
-        log["synthetic"] = {**report.__dict__, "distill_seconds": report.seconds, "seconds": time.perf_counter() - t}
+        log["synthetic"] = {"samples": report.samples, "iters": report.iters, "targets": report.targets,
+                            "loss_start": report.loss_start, "loss_end": report.loss_end,
+                            "distill_seconds": report.seconds, "seconds": time.perf_counter() - t}
     for method in ("adaround", "adaquant"):  # AdaQuant fine-tunes what AdaRound rounded
         if getattr(procedure, method):
             from quantune.calibration.block_reconstruction import run_block_reconstruction

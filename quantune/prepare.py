@@ -96,9 +96,7 @@ class PreparedModel:
         )
         self._stats_cache: dict[tuple[int | None, int], tuple[dict[str, Any], int]] = {}
         self._subset_cache: dict[tuple[int, int], Iterable[Any]] = {}
-        self._synthetic_cache: dict[tuple[int, int, int], list[torch.Tensor]] = {}
-        #: What each synthesis did (:class:`quantune.calibration.synthetic.SynthesisReport`).
-        self.synthetic_reports: dict[tuple[int, int, int], Any] = {}
+        self._synthetic_cache: dict[tuple[int, int, int], tuple[list[torch.Tensor], Any]] = {}
 
     @property
     def layer_names(self) -> list[str]:
@@ -115,19 +113,17 @@ class PreparedModel:
             self._subset_cache[key] = calibration_batches(self.calib_data, max_samples, seed)
         return self._subset_cache[key]
 
-    def synthetic_data(self, n: int, iters: int, seed: int = 0) -> list[torch.Tensor]:
-        """``n`` inputs distilled from the model's BatchNorm statistics (cached per
-        ``(n, iters, seed)``; see :mod:`quantune.calibration.synthetic`)."""
+    def synthetic_data(self, n: int, iters: int, seed: int = 0) -> tuple[list[torch.Tensor], Any]:
+        """``(batches, report)``: ``n`` inputs distilled from the model's BatchNorm statistics
+        (cached per ``(n, iters, seed)``; see :mod:`quantune.calibration.synthetic`)."""
         key = (n, iters, seed)
         if key not in self._synthetic_cache:
             from quantune.calibration.synthetic import batchnorm_targets, synthesize
 
             targets = batchnorm_targets(self.float_model, self.bn_pairs, self.bn_modules)
             example = next(iter(iter_batches(self.calib_data)))
-            batches, report = synthesize(self.float_model, targets, example, n, iters=iters, seed=seed,
-                                         show_progress=self.show_progress)
-            self._synthetic_cache[key] = batches
-            self.synthetic_reports[key] = report
+            self._synthetic_cache[key] = synthesize(self.float_model, targets, example, n, iters=iters,
+                                                    seed=seed, show_progress=self.show_progress)
         return self._synthetic_cache[key]
 
     def stats(self, max_samples: int | None = None, seed: int = 0) -> dict[str, Any]:
