@@ -106,6 +106,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
             row["layerwise_float_target"] = proc.layerwise_float_target
             row["seed"] = proc.seed
             row["synthetic_samples"] = proc.synthetic_samples
+            row["augmented_samples"] = proc.augmented_samples
             synthetic = getattr(q, "calibration_log", {}).get("synthetic")
             if synthetic:  # how well the distillation matched the BatchNorm statistics, and its cost
                 row["synthetic_loss"] = [round(synthetic["loss_start"], 4), round(synthetic["loss_end"], 4)]
@@ -124,14 +125,18 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
     # A budget of 0 means none: every layer runs its full iterations (reproducible on any machine).
     ada = {"adaquant_iters": args.adaquant_iters, "adaquant_time_budget_s": args.adaquant_budget or None,
            "adaround_iters": args.adaround_iters, "layerwise_holdout": args.holdout, "seed": args.seed,
-           "synthetic_samples": args.synthetic, "synthetic_iters": args.synthetic_iters}
+           "synthetic_samples": args.synthetic, "synthetic_iters": args.synthetic_iters,
+           "augmented_samples": args.augmented}
 
     def lab(key: str) -> str:
         if key == "base":
             return label
         layerwise = procedure(key, ada)
-        synth = f"+synth{args.synthetic}" if args.synthetic and (layerwise.adaround or layerwise.adaquant) else ""
-        return f"{label}+{key}{synth}"
+        extra = ""
+        if layerwise.adaround or layerwise.adaquant:
+            extra += f"+synth{args.synthetic}" if args.synthetic else ""
+            extra += f"+aug{args.augmented}" if args.augmented else ""
+        return f"{label}+{key}{extra}"
 
     for key in [k for k in args.w8_procs.split(",") if k]:
         measure(8, 8, best, pct, procedure(key, ada), lab(key))
@@ -210,6 +215,8 @@ def main() -> None:
                     help="inputs distilled from BatchNorm statistics added to AdaRound / AdaQuant's data")
     ap.add_argument("--synthetic-iters", type=int, default=CalibrationProcedure().synthetic_iters,
                     help="distillation steps per batch of synthetic inputs")
+    ap.add_argument("--augmented", type=int, default=0,
+                    help="augmented copies of the calibration images added to AdaRound / AdaQuant's data")
     ap.add_argument("--n-calib", type=int, help="calibration samples (default: the preset's)")
     ap.add_argument("--n-eval", type=int, help="evaluation samples (default: the preset's)")
     ap.add_argument("--methods", default=",".join(m for m, _ in W8_METHODS), help="W8A8 range methods")

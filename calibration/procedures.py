@@ -54,6 +54,13 @@ def run_procedure(qmodel: Any, prepared: Any, procedure: CalibrationProcedure) -
         log["synthetic"] = {"samples": report.samples, "iters": report.iters, "targets": report.targets,
                             "loss_start": report.loss_start, "loss_end": report.loss_end,
                             "distill_seconds": report.seconds, "seconds": time.perf_counter() - t}
+    if procedure.augmented_samples and (procedure.adaround or procedure.adaquant):
+        from quantune.calibration.augment import augment_images
+
+        t = time.perf_counter()
+        layerwise_batches = layerwise_batches + augment_images(batches, procedure.augmented_samples,
+                                                               seed=procedure.seed)
+        log["augmented"] = {"samples": procedure.augmented_samples, "seconds": time.perf_counter() - t}
     for method in ("adaround", "adaquant"):  # AdaQuant fine-tunes what AdaRound rounded
         if getattr(procedure, method):
             from quantune.calibration.block_reconstruction import run_block_reconstruction

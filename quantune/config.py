@@ -171,6 +171,10 @@ class CalibrationProcedure:
             AdaRound and AdaQuant; activation ranges, GPTQ and the corrections keep
             the real data. Only for models with BatchNorm layers and one float input.
         synthetic_iters: optimizer steps of that distillation per batch of 32 inputs.
+        augmented_samples: augmented copies of the real calibration images (greyscale,
+            colour, contrast, blur, quarter turns, mixup;
+            :mod:`quantune.calibration.augment`) added to the training data of AdaRound
+            and AdaQuant, like ``synthetic_samples``. Only for image inputs.
     """
 
     max_samples: int | None = None
@@ -199,6 +203,7 @@ class CalibrationProcedure:
     layerwise_float_target: bool = True
     synthetic_samples: int = 0
     synthetic_iters: int = 200
+    augmented_samples: int = 0
 
     def __post_init__(self) -> None:
         if self.max_samples is not None and self.max_samples < 1:
@@ -224,6 +229,8 @@ class CalibrationProcedure:
         if self.synthetic_samples < 0 or self.synthetic_iters < 1:
             raise UserInputError("synthetic_samples must be >= 0 and synthetic_iters >= 1, got "
                                  f"{self.synthetic_samples!r} and {self.synthetic_iters!r}.")
+        if self.augmented_samples < 0:
+            raise UserInputError(f"augmented_samples must be >= 0, got {self.augmented_samples!r}.")
         if not 0.0 < float(self.gptq_damp) <= 1.0:
             raise UserInputError(f"gptq_damp must be in (0, 1], got {self.gptq_damp!r}.")
 

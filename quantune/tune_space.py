@@ -48,6 +48,9 @@ DEFAULT_DIMENSIONS: dict[str, tuple[Any, ...]] = {
     # Inputs distilled from BatchNorm statistics added to AdaRound / AdaQuant's data (CNNs
     # only; opt in with e.g. (0, 32): each distillation costs minutes on a CPU).
     "synthetic_samples": (0,),
+    # Augmented copies of the real calibration images added the same way (image models
+    # only; opt in with e.g. (0, 64): costs AdaRound / AdaQuant time, no distillation).
+    "augmented_samples": (0,),
     "float_fallback": (0,),
 }
 # Ordered dimensions with the prior "the metric does not fall towards the end of this
@@ -76,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
     "adaquant": False,
     "calib_samples": None,
     "synthetic_samples": 0,
+    "augmented_samples": 0,
     "float_fallback": 0,
     "bit_policy": "uniform",
 }
@@ -193,6 +197,7 @@ def point_to_config(
         layerwise_float_target=p["adaround"] != "own",
         gptq=bool(p["gptq"]),
         synthetic_samples=int(p["synthetic_samples"]),
+        augmented_samples=int(p["augmented_samples"]),
         seed=seed,
     )
     return QuantConfig(default=layer, overrides=tuple(overrides.items()), procedure=procedure)
@@ -219,6 +224,8 @@ def describe_point(point: Mapping[str, Any]) -> str:
         parts.append("+adaquant")
     if p["synthetic_samples"] and (p["adaround"] or p["adaquant"]):
         parts.append(f"+syn{p['synthetic_samples']}")
+    if p["augmented_samples"] and (p["adaround"] or p["adaquant"]):
+        parts.append(f"+aug{p['augmented_samples']}")
     if p["float_fallback"]:
         parts.append(f"fp{p['float_fallback']}")
     if p["calib_samples"]:

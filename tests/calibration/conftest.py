@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -69,3 +72,28 @@ def quantize_w3a8():
         return p, p.quantize(QuantConfig(default=layer, procedure=CalibrationProcedure(**procedure)), "simulate")
 
     return quantize
+
+
+def smooth_images(n_batches: int, seed: int = 0) -> list[torch.Tensor]:
+    """Spatially correlated images: i.i.d. noise of the same per-channel mean and spread
+    has different convolution statistics, so a synthesis that starts there has work to do."""
+    g = torch.Generator().manual_seed(seed)
+    return [F.interpolate(torch.randn(8, 3, 5, 5, generator=g), size=20, mode="bilinear") for _ in range(n_batches)]
+
+
+@pytest.fixture
+def smooth_cnn(fit_bn) -> tuple[nn.Module, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+    )
+    data = smooth_images(4)
+    return fit_bn(model, data), data
+
+
+@pytest.fixture
+def smooth() -> Callable[..., list[torch.Tensor]]:
+    """:func:`smooth_images`, for test modules."""
+    return smooth_images

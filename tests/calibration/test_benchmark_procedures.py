@@ -24,14 +24,15 @@ def _bench() -> ModuleType:
 
 
 OPTIONS = {"adaround_iters": 77, "adaquant_iters": 55, "adaquant_time_budget_s": None,
-           "layerwise_holdout": 0.0, "seed": 3, "synthetic_samples": 9}
+           "layerwise_holdout": 0.0, "seed": 3, "synthetic_samples": 9,
+           "augmented_samples": 21}
 
 
 @pytest.mark.parametrize("key", ["adaround", "brecq", "adaquant+biascorr", "gptq+brecq", "adaround@own"])
 def test_layerwise_rows_receive_the_runs_options(key):
     proc = _bench().procedure(key, OPTIONS)
     assert (proc.adaround_iters, proc.adaquant_iters, proc.seed, proc.layerwise_holdout) == (77, 55, 3, 0.0)
-    assert proc.synthetic_samples == 9
+    assert (proc.synthetic_samples, proc.augmented_samples) == (9, 21)
     assert proc.layerwise_float_target is (not key.endswith("@own"))
     assert proc.adaround_blocks is ("brecq" in key)
 
