@@ -174,7 +174,9 @@ class CalibrationProcedure:
         augmented_samples: augmented copies of the real calibration images (greyscale,
             colour, contrast, blur, quarter turns, mixup;
             :mod:`quantune.calibration.augment`) added to the training data of AdaRound
-            and AdaQuant, like ``synthetic_samples``. Only for image inputs.
+            and AdaQuant, like ``synthetic_samples``. Only for image inputs. On
+            EfficientNet-Lite0 it helped at 4 bits (W4A8 0.46 -> 0.53) and cost at 8
+            (W8A8 0.914 -> 0.893): a search dimension, not a default.
     """
 
     max_samples: int | None = None
