@@ -135,6 +135,10 @@ def augment_images(batches: Sequence[Any], n: int, *, seed: int = 0, batch_size:
     if n <= 0:
         return []
     real = _real_images(batches)
+    # Augmented on the CPU, where the seeded generator lives (the same images on any
+    # device), and handed back on the device the real images came on.
+    device = real.device
+    real = real.cpu()
     policy = policy or ImageAugmentation()
     gen = torch.Generator().manual_seed(seed)
     dims = (0, 2, 3)
@@ -144,5 +148,5 @@ def augment_images(batches: Sequence[Any], n: int, *, seed: int = 0, batch_size:
     size = batch_size or int(model_inputs(batches[0]).shape[0])
     # One batch at a time: memory stays at a few batches whatever n is (mixup partners
     # come from the same batch).
-    return [_augment_unit((real[order[i:i + size]] - lo) / span, policy, gen) * span + lo
+    return [(_augment_unit((real[order[i:i + size]] - lo) / span, policy, gen) * span + lo).to(device)
             for i in range(0, n, size)]

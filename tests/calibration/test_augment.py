@@ -116,3 +116,14 @@ def test_search_dimension_sets_the_procedure_and_is_opt_in():
     assert "+aug64" in describe_point(point)
     assert point_to_config({"w_bits": 4}, ["a", "b"]).procedure.augmented_samples == 0
     assert DEFAULT_DIMENSIONS["augmented_samples"] == (0,)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_images_on_a_gpu_come_back_there_and_equal_the_cpu_result(smooth):
+    data = smooth(2)
+    on_gpu = augment_images([b.cuda() for b in data], 12, seed=5)
+    assert all(b.is_cuda for b in on_gpu)
+    expected = torch.cat(augment_images(data, 12, seed=5))
+    assert torch.allclose(torch.cat(on_gpu).cpu(), expected, atol=1e-6)
+
