@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from quantune.config import (
+    LAYERWISE_LOSSES,
     ActQuant,
     CalibrationProcedure,
     LayerQuantConfig,
@@ -73,6 +74,8 @@ def procedure(key: str, layerwise: dict[str, Any]) -> CalibrationProcedure:
     steps, own = key.removesuffix("@own"), key.endswith("@own")
     plain = CalibrationProcedure.from_steps(steps)
     options = {**layerwise, "layerwise_float_target": not own} if plain.adaround or plain.adaquant else {}
+    if plain.adaround_blocks:  # block reconstruction fits block outputs with the plain error
+        options["layerwise_loss"] = "mse"
     return CalibrationProcedure.from_steps(steps, **options)
 
 
@@ -107,6 +110,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
             row["seed"] = proc.seed
             row["synthetic_samples"] = proc.synthetic_samples
             row["augmented_samples"] = proc.augmented_samples
+            row["layerwise_loss"] = proc.layerwise_loss
             synthetic = getattr(q, "calibration_log", {}).get("synthetic")
             if synthetic:  # how well the distillation matched the BatchNorm statistics, and its cost
                 row["synthetic_loss"] = [round(synthetic["loss_start"], 4), round(synthetic["loss_end"], 4)]
@@ -126,7 +130,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
     ada = {"adaquant_iters": args.adaquant_iters, "adaquant_time_budget_s": args.adaquant_budget or None,
            "adaround_iters": args.adaround_iters, "layerwise_holdout": args.holdout, "seed": args.seed,
            "synthetic_samples": args.synthetic, "synthetic_iters": args.synthetic_iters,
-           "augmented_samples": args.augmented}
+           "augmented_samples": args.augmented, "layerwise_loss": args.layerwise_loss}
 
     def lab(key: str) -> str:
         if key == "base":
@@ -136,6 +140,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
         if layerwise.adaround or layerwise.adaquant:
             extra += f"+synth{args.synthetic}" if args.synthetic else ""
             extra += f"+aug{args.augmented}" if args.augmented else ""
+            extra += f"+{layerwise.layerwise_loss}" if layerwise.layerwise_loss != "mse" else ""
         return f"{label}+{key}{extra}"
 
     for key in [k for k in args.w8_procs.split(",") if k]:
@@ -217,6 +222,9 @@ def main() -> None:
                     help="distillation steps per batch of synthetic inputs")
     ap.add_argument("--augmented", type=int, default=0,
                     help="augmented copies of the calibration images added to AdaRound / AdaQuant's data")
+    ap.add_argument("--layerwise-loss", choices=LAYERWISE_LOSSES, default="mse",
+                    help="output error of AdaRound / AdaQuant: mse, or fisher (weighted by the squared gradient of "
+                         "the float model's top-1 cross-entropy; block reconstruction keeps mse)")
     ap.add_argument("--n-calib", type=int, help="calibration samples (default: the preset's)")
     ap.add_argument("--n-eval", type=int, help="evaluation samples (default: the preset's)")
     ap.add_argument("--methods", default=",".join(m for m, _ in W8_METHODS), help="W8A8 range methods")

@@ -20,9 +20,14 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from quantune.calibration.layer_batches import LayerBatches, layer_forward, rows_for, split_rows
+from quantune.calibration.layer_batches import (
+    LayerBatches,
+    layer_forward,
+    rows_for,
+    split_rows,
+    weighted_mse,
+)
 from quantune.calibration.layer_io import LayerSamples
 from quantune.modules import QuantizedLayer
 from quantune.quantizer import fake_quantize
@@ -111,7 +116,7 @@ class _Trainable:
 @torch.no_grad()
 def _mse(train: _Trainable, samples: LayerSamples, idx: torch.Tensor) -> float:
     out = train.output(samples.x[idx])
-    return float(F.mse_loss(out, samples.y[idx]))
+    return float(weighted_mse(out, samples.y[idx], None if samples.weight is None else samples.weight[idx]))
 
 
 def adaquant_layer(
@@ -149,15 +154,16 @@ def adaquant_layer(
     before = best = _mse(train, samples, eval_idx)
     best_state = train.state()
     opt = torch.optim.Adam(train.param_groups(lr))
-    batches = LayerBatches(layer, samples.x, samples.y, rows_for(layer, batch_size), gen, rows=split.fit)
+    batches = LayerBatches(layer, samples.x, samples.y, rows_for(layer, batch_size), gen, rows=split.fit,
+                           weight=samples.weight)
     check_every = max(1, iters // _CHECKPOINTS)
     done = 0
     with torch.enable_grad():
         for step in range(iters):
             if deadline is not None and time.perf_counter() > deadline:
                 break
-            x, y = batches.draw()
-            loss = F.mse_loss(train.output(x, batches), y)
+            x, y, weight = batches.draw_weighted()
+            loss = weighted_mse(train.output(x, batches), y, weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

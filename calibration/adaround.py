@@ -29,9 +29,14 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from quantune.calibration.layer_batches import LayerBatches, layer_forward, rows_for, split_rows
+from quantune.calibration.layer_batches import (
+    LayerBatches,
+    layer_forward,
+    rows_for,
+    split_rows,
+    weighted_mse,
+)
 from quantune.calibration.layer_io import LayerSamples
 from quantune.modules import QuantizedLayer
 
@@ -100,9 +105,11 @@ class WeightRounding:
         return self._weight((self.v >= 0).to(self.floor.dtype))  # h >= 0.5 <=> v >= 0
 
 
-def output_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared error summed over output channels (dim 1), averaged over the rest."""
-    return (out - target).pow(2).sum(dim=1).mean()
+def output_error(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared error summed over output channels (dim 1), averaged over the rest; each
+    element's term multiplied by ``weight`` when given (Fisher-weighted error)."""
+    err = (out - target).pow(2)
+    return (err if weight is None else weight * err).sum(dim=1).mean()
 
 
 def rounding_penalty(roundings: list[WeightRounding], progress: float, reg: float) -> torch.Tensor | float:
@@ -124,8 +131,9 @@ def annealing_progress(step: int, iters: int, start: float, deadline: float | No
 
 
 @torch.no_grad()
-def _mse(layer: QuantizedLayer, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
-    return float(F.mse_loss(layer_forward(layer, x, w, layer.bias), y))
+def _mse(layer: QuantizedLayer, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
+         weight: torch.Tensor | None) -> float:
+    return float(weighted_mse(layer_forward(layer, x, w, layer.bias), y, weight))
 
 
 def _quantized_inputs(layer: QuantizedLayer, x: torch.Tensor) -> torch.Tensor:
@@ -173,25 +181,27 @@ def adaround_layer(
     split = split_rows(layer, samples, holdout, gen)
     eval_idx = split.check
     rounding = WeightRounding(layer)
-    before = _mse(layer, x_q[eval_idx], samples.y[eval_idx], rounding.start)
+    check_weight = None if samples.weight is None else samples.weight[eval_idx]
+    before = _mse(layer, x_q[eval_idx], samples.y[eval_idx], rounding.start, check_weight)
     bias = None if layer.bias is None else layer.bias.detach()
     opt = torch.optim.Adam([rounding.v], lr=lr)
-    batches = LayerBatches(layer, x_q, samples.y, rows_for(layer, batch_size), gen, rows=split.fit)
+    batches = LayerBatches(layer, x_q, samples.y, rows_for(layer, batch_size), gen, rows=split.fit,
+                           weight=samples.weight)
     done = 0
     with torch.enable_grad():
         for step in range(iters):
             if deadline is not None and time.perf_counter() > deadline:
                 break
             progress = annealing_progress(step, iters, start, deadline)
-            x, y = batches.draw()
-            loss = output_error(batches.forward(x, rounding.soft_weight(), bias), y)
+            x, y, weight = batches.draw_weighted()
+            loss = output_error(batches.forward(x, rounding.soft_weight(), bias), y, weight)
             loss = loss + rounding_penalty([rounding], progress, reg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             done += 1
     hard = rounding.hard_weight()
-    after = _mse(layer, x_q[eval_idx], samples.y[eval_idx], hard)
+    after = _mse(layer, x_q[eval_idx], samples.y[eval_idx], hard, check_weight)
     kept = after < before
     # Share of weights whose code changed (grid codes of the old and the new weight).
     flipped = float((torch.round(rounding.start / rounding.scale) != torch.round(hard / rounding.scale)).float().mean())

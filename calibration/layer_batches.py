@@ -84,6 +84,12 @@ def split_rows(layer: QuantizedLayer, samples: LayerSamples, holdout: float,
     return RowSplit(torch.nonzero(~in_check).flatten(), _capped(layer, check, generator), True)
 
 
+def weighted_mse(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error, each element's term multiplied by ``weight`` when given."""
+    err = (out - target).pow(2)
+    return (err if weight is None else weight * err).mean()
+
+
 def layer_forward(layer: QuantizedLayer, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
                   padding: object = None) -> torch.Tensor:
     """The layer's op with explicit weight and bias (``padding`` overrides the layer's)."""
@@ -105,12 +111,15 @@ class LayerBatches:
         generator: the seeded source of every draw.
         window: output window side for conv2d (None: whole feature maps).
         rows: the row indices to draw from (None: all of them).
+        weight: per-element weights of the output error, shaped like ``y`` (None: none).
     """
 
     def __init__(self, layer: QuantizedLayer, x: torch.Tensor, y: torch.Tensor, batch: int,
-                 generator: torch.Generator, window: int | None = WINDOW, rows: torch.Tensor | None = None) -> None:
+                 generator: torch.Generator, window: int | None = WINDOW, rows: torch.Tensor | None = None,
+                 weight: torch.Tensor | None = None) -> None:
         self.layer = layer
         self.y = y
+        self.weight = weight
         self.rows = rows
         self.n = int(x.shape[0]) if rows is None else len(rows)
         self.batch = min(self.n, batch)
@@ -126,11 +135,16 @@ class LayerBatches:
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One random minibatch: whole samples/rows, or one output window of each."""
+        x, y, _ = self.draw_weighted()
+        return x, y
+
+    def draw_weighted(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`draw` plus the error weights of the drawn targets (None without weights)."""
         idx = torch.randint(0, self.n, (self.batch,), generator=self.gen)
         if self.rows is not None:
             idx = self.rows[idx]
         if self.window is None:
-            return self.x[idx], self.y[idx]
+            return self.x[idx], self.y[idx], None if self.weight is None else self.weight[idx]
         (wh, ww), (oh, ow) = self.window, self.y.shape[2:]
         i0 = int(torch.randint(0, oh - wh + 1, (1,), generator=self.gen))
         j0 = int(torch.randint(0, ow - ww + 1, (1,), generator=self.gen))
@@ -144,7 +158,8 @@ class LayerBatches:
         # Slice first (a view), then gather the images: only the windows are copied.
         x = self.x[:, :, max(top, 0):min(bottom, h), max(left, 0):min(right, w)][idx]
         x = F.pad(x, (max(-left, 0), max(right - w, 0), max(-top, 0), max(bottom - h, 0)))
-        return x, self.y[:, :, i0:i0 + wh, j0:j0 + ww][idx]
+        weight = None if self.weight is None else self.weight[:, :, i0:i0 + wh, j0:j0 + ww][idx]
+        return x, self.y[:, :, i0:i0 + wh, j0:j0 + ww][idx], weight
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         """The layer on a drawn minibatch (windows come already padded)."""

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from quantune.batches import batch_size, run_model
+from quantune.calibration.fisher import fisher_weights, output_gradients
 from quantune.token_mask import real_token_samples, real_tokens
 
 
@@ -34,11 +35,14 @@ class LayerSamples:
 
     ``sample_ids``: the calibration sample each row comes from (a sentence's tokens share
     one), so that rows can be held out by sample; None: every row is its own sample.
+    ``weight``: per-element weights of the output error, shaped like ``y``
+    (:mod:`quantune.calibration.fisher`); None: plain mean squared error.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     sample_ids: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -149,6 +153,7 @@ def collect_layer_samples(
     batches: list[Any],
     selector: RowSelector,
     float_target: bool = True,
+    fisher: bool = False,
 ) -> LayerSamples | None:
     """Cache the layer's inputs from ``input_model`` and float targets.
 
@@ -156,7 +161,9 @@ def collect_layer_samples(
     itself. Targets are the float layer applied to the float model's input
     (``float_target``: the quantized layer then also absorbs the error of the layers before
     it) or to the cached input itself (it only has to reproduce the float layer on what it
-    is fed). Returns None when the layer never runs on the data.
+    is fed). ``fisher``: also cache each target element's weight, the squared gradient
+    of the float model's top-1 cross-entropy at the layer's output
+    (:mod:`quantune.calibration.fisher`). Returns None when the layer never runs on the data.
     """
     float_layer = float_model.get_submodule(layer_name)
     offsets = [0]
@@ -191,15 +198,20 @@ def collect_layer_samples(
     keys = [i for i in sorted(ys) if i in xs]
     if not keys:
         return None
+    weight = None
+    if fisher:
+        grads = {i: pick(g, i) for i, g in output_gradients(float_model, layer_name, kind, batches) if i in xs}
+        weight = fisher_weights(torch.cat([grads[i] if i in grads else torch.zeros_like(ys[i]) for i in keys]))
     return LayerSamples(torch.cat([xs[i] for i in keys]), torch.cat([ys[i] for i in keys]),
-                        torch.cat([ids[i] for i in keys]))
+                        torch.cat([ids[i] for i in keys]), weight)
 
 
-def bytes_per_row(in_shape: tuple[int, ...], out_shape: tuple[int, ...], kind: str) -> int:
-    """float32 bytes of one cached row: a Linear row, or one conv sample (input + target)."""
+def bytes_per_row(in_shape: tuple[int, ...], out_shape: tuple[int, ...], kind: str, targets: int = 1) -> int:
+    """float32 bytes of one cached row: a Linear row, or one conv sample (input + target;
+    ``targets=2`` when an error weight of the target's shape is cached too)."""
     if kind == "linear":
-        return 4 * (in_shape[-1] + out_shape[-1])
-    return 4 * (math.prod(in_shape) + math.prod(out_shape))
+        return 4 * (in_shape[-1] + targets * out_shape[-1])
+    return 4 * (math.prod(in_shape) + targets * math.prod(out_shape))
 
 
 def rows_per_sample(in_shape: tuple[int, ...], kind: str) -> int:

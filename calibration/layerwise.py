@@ -99,15 +99,16 @@ def calibrate_layer(
         ran on the calibration data.
     """
     n_samples = sum(batch_size(b) for b in batches)
+    fisher = procedure.layerwise_loss == "fisher"
     selector = RowSelector.for_budget(
-        bytes_per_row(li.input_shape, li.output_shape, li.kind),
+        bytes_per_row(li.input_shape, li.output_shape, li.kind, targets=2 if fisher else 1),
         n_samples * rows_per_sample(li.input_shape, li.kind),
         procedure.adaquant_cache_mb * 2**20,
         procedure.seed,
         index,
     )
     samples = collect_layer_samples(float_model, input_model, li.name, li.kind, batches, selector,
-                                    procedure.layerwise_float_target)
+                                    procedure.layerwise_float_target, fisher=fisher)
     if samples is None:
         return None, 0.0
     started = time.perf_counter()

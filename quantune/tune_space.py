@@ -51,6 +51,9 @@ DEFAULT_DIMENSIONS: dict[str, tuple[Any, ...]] = {
     # Augmented copies of the real calibration images added the same way (image models
     # only; opt in with e.g. (0, 64): costs AdaRound / AdaQuant time, no distillation).
     "augmented_samples": (0,),
+    # AdaRound / AdaQuant's output error: "mse", or "fisher" (weighted by the squared
+    # gradient of the float model's top-1 cross-entropy; classifiers only, opt in).
+    "layerwise_loss": ("mse",),
     "float_fallback": (0,),
 }
 # Ordered dimensions with the prior "the metric does not fall towards the end of this
@@ -80,6 +83,7 @@ DEFAULTS: dict[str, Any] = {
     "calib_samples": None,
     "synthetic_samples": 0,
     "augmented_samples": 0,
+    "layerwise_loss": "mse",
     "float_fallback": 0,
     "bit_policy": "uniform",
 }
@@ -198,6 +202,8 @@ def point_to_config(
         gptq=bool(p["gptq"]),
         synthetic_samples=int(p["synthetic_samples"]),
         augmented_samples=int(p["augmented_samples"]),
+        # Block reconstruction fits block outputs with the plain error.
+        layerwise_loss="mse" if p["adaround"] == "block" else str(p["layerwise_loss"]),
         seed=seed,
     )
     return QuantConfig(default=layer, overrides=tuple(overrides.items()), procedure=procedure)
@@ -226,6 +232,8 @@ def describe_point(point: Mapping[str, Any]) -> str:
         parts.append(f"+syn{p['synthetic_samples']}")
     if p["augmented_samples"] and (p["adaround"] or p["adaquant"]):
         parts.append(f"+aug{p['augmented_samples']}")
+    if p["layerwise_loss"] != "mse" and (p["adaround"] or p["adaquant"]):
+        parts.append(f"+{p['layerwise_loss']}")
     if p["float_fallback"]:
         parts.append(f"fp{p['float_fallback']}")
     if p["calib_samples"]:

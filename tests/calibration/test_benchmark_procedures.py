@@ -25,7 +25,7 @@ def _bench() -> ModuleType:
 
 OPTIONS = {"adaround_iters": 77, "adaquant_iters": 55, "adaquant_time_budget_s": None,
            "layerwise_holdout": 0.0, "seed": 3, "synthetic_samples": 9,
-           "augmented_samples": 21}
+           "augmented_samples": 21, "layerwise_loss": "fisher"}
 
 
 @pytest.mark.parametrize("key", ["adaround", "brecq", "adaquant+biascorr", "gptq+brecq", "adaround@own"])
@@ -35,6 +35,8 @@ def test_layerwise_rows_receive_the_runs_options(key):
     assert (proc.synthetic_samples, proc.augmented_samples) == (9, 21)
     assert proc.layerwise_float_target is (not key.endswith("@own"))
     assert proc.adaround_blocks is ("brecq" in key)
+    # Block reconstruction fits block outputs with the plain error.
+    assert proc.layerwise_loss == ("mse" if "brecq" in key else "fisher")
 
 
 @pytest.mark.parametrize("key", ["base", "gptq+biascorr"])
