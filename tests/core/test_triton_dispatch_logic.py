@@ -27,9 +27,12 @@ PLAIN = [_cfg(m, n) for m, n in [(128, 256), (256, 128), (64, 64), (32, 128), (1
 TMA = [_cfg(m, n, s) for s in (False, True) for m, n in [(128, 256), (256, 128), (64, 128), (64, 32), (16, 128)]]
 
 
-def test_small_problems_drop_oversized_tiles():
+def test_small_problems_drop_oversized_tiles_but_keep_64_row_mma_tiles():
     kept = triton_gemm._prune_by_shape(PLAIN, {"M": 20, "N": 100})
-    assert _tiles(kept) == {(32, 128, None), (16, 128, None), (16, 64, None)}
+    assert _tiles(kept) == {(64, 64, None), (32, 128, None), (16, 128, None), (16, 64, None)}
+    # Above the 64-row floor the matrix side rules again.
+    kept = triton_gemm._prune_by_shape(PLAIN, {"M": 100, "N": 4096})
+    assert _tiles(kept) == {(128, 256, None), (64, 64, None), (32, 128, None), (16, 128, None), (16, 64, None)}
 
 
 def test_large_problems_keep_every_tile():
@@ -38,7 +41,7 @@ def test_large_problems_keep_every_tile():
 
 def test_a_side_below_every_tile_keeps_the_smallest_tiles():
     kept = triton_gemm._prune_by_shape(PLAIN, {"M": 1, "N": 1})
-    assert _tiles(kept) == {(16, 64, None)}
+    assert _tiles(kept) == {(64, 64, None), (16, 64, None)}
 
 
 def test_int8_never_swaps_and_keeps_64_row_mma_tiles():
@@ -48,9 +51,9 @@ def test_int8_never_swaps_and_keeps_64_row_mma_tiles():
 
 def test_int4_prunes_direct_and_swapped_products_separately():
     # M = 1: direct products keep their smallest 64-row tiles, swapped ones (weights on
-    # the MMA's M side, so BLOCK_N >= 64) keep their thin BLOCK_M = 16 tile.
+    # the MMA's M side, so BLOCK_N >= 64) keep their thin BLOCK_M = 16 tile, and 64 rows.
     kept = triton_gemm._prune_tma_configs(TMA, {"M": 1, "N": 4096}, PACKED4=True)
-    assert _tiles(kept) == {(64, 128, False), (64, 32, False), (16, 128, True)}
+    assert _tiles(kept) == {(64, 128, False), (64, 32, False), (64, 128, True), (16, 128, True)}
 
 
 class _FakeTensor:
