@@ -35,6 +35,7 @@ from quantune.calibration.layer_batches import (
     layer_forward,
     rows_for,
     split_rows,
+    squared_errors,
     weighted_mse,
 )
 from quantune.calibration.layer_io import LayerSamples
@@ -108,8 +109,7 @@ class WeightRounding:
 def output_error(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Squared error summed over output channels (dim 1), averaged over the rest; each
     element's term multiplied by ``weight`` when given (Fisher-weighted error)."""
-    err = (out - target).pow(2)
-    return (err if weight is None else weight * err).sum(dim=1).mean()
+    return squared_errors(out, target, weight).sum(dim=1).mean()
 
 
 def rounding_penalty(roundings: list[WeightRounding], progress: float, reg: float) -> torch.Tensor | float:

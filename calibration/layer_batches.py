@@ -84,10 +84,15 @@ def split_rows(layer: QuantizedLayer, samples: LayerSamples, holdout: float,
     return RowSplit(torch.nonzero(~in_check).flatten(), _capped(layer, check, generator), True)
 
 
+def squared_errors(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Elementwise squared errors, each multiplied by ``weight`` when given."""
+    err = (out - target).pow(2)
+    return err if weight is None else weight * err
+
+
 def weighted_mse(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error, each element's term multiplied by ``weight`` when given."""
-    err = (out - target).pow(2)
-    return (err if weight is None else weight * err).mean()
+    return squared_errors(out, target, weight).mean()
 
 
 def layer_forward(layer: QuantizedLayer, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
