@@ -18,7 +18,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=c
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu_env.txt"
 # Only the files that hold gpu tests: the others need the CPU extras (optuna, xgboost),
 # which the GPU machine may lack, and would fail collection for nothing.
-GPU_TEST_FILES=$(grep -rlE "pytest\.mark\.gpu|pytestmark = pytest\.mark\.gpu" tests --include="*.py" | sort)
+GPU_TEST_FILES=$(grep -rl "pytest\.mark\.gpu" tests --include="*.py" | sort)
 # xdist: the many kernel specializations compile in parallel on the host's cores.
 WORKERS=${TEST_WORKERS:-8}
 python3 -c "import xdist" 2>/dev/null || WORKERS=0

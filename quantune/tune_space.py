@@ -232,7 +232,7 @@ def describe_point(point: Mapping[str, Any]) -> str:
         parts.append(f"+syn{p['synthetic_samples']}")
     if p["augmented_samples"] and (p["adaround"] or p["adaquant"]):
         parts.append(f"+aug{p['augmented_samples']}")
-    if p["layerwise_loss"] != "mse" and (p["adaround"] or p["adaquant"]):
+    if p["layerwise_loss"] != "mse" and (p["adaround"] or p["adaquant"]) and p["adaround"] != "block":
         parts.append(f"+{p['layerwise_loss']}")
     if p["float_fallback"]:
         parts.append(f"fp{p['float_fallback']}")

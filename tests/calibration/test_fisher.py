@@ -138,5 +138,6 @@ def test_search_dimension_sets_the_loss_and_is_opt_in():
     assert "+fisher" not in describe_point({"w_bits": 4, "layerwise_loss": "fisher"})  # no layer-wise step
     blocks = {"w_bits": 4, "adaround": "block", "layerwise_loss": "fisher"}
     assert point_to_config(blocks, ["a", "b", "c"]).procedure.layerwise_loss == "mse"
+    assert "+fisher" not in describe_point(blocks)  # the label says what runs
     assert point_to_config({"w_bits": 4}, ["a", "b"]).procedure.layerwise_loss == "mse"
     assert DEFAULT_DIMENSIONS["layerwise_loss"] == ("mse",)
