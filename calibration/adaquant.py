@@ -81,6 +81,7 @@ class _Trainable:
         """The layer's output on ``x`` (a minibatch drawn from ``batches``, if given)."""
         layer = self.layer
         w, s_w, s_a, b = self.tensors()
+        x = layer.smooth_input(x)  # cached inputs are as the layer receives them
         if layer.a_qrange is not None:
             lo, hi = layer.a_qrange
             x = fake_quantize(x, s_a, layer.a_zero_point, lo, hi)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -10,8 +11,35 @@ from torch import nn
 
 from quantune.batches import batch_size, iter_batches, run_checked
 from quantune.calibration.histogram import DEFAULT_BINS, StreamingHistogram
+from quantune.input_smoothing import divide_input_channels
 from quantune.progress import progress_bar
 from quantune.token_mask import real_tokens
+
+
+@dataclass
+class InputStatistics:
+    """What one pass records about each layer's input.
+
+    Attributes:
+        histograms: layer -> histogram of its input values (the range methods' input).
+        channel_absmax: layer -> ``[C_in]`` largest magnitude per input channel (what
+            SmoothQuant balances); a few floats per channel, whatever the data size.
+        n_samples: calibration samples streamed.
+    """
+
+    histograms: dict[str, StreamingHistogram]
+    channel_absmax: dict[str, torch.Tensor]
+    n_samples: int
+
+
+def _kind(module: nn.Module) -> str:
+    return "linear" if isinstance(module, nn.Linear) or getattr(module, "kind", None) == "linear" else "conv"
+
+
+def _channel_absmax(x: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "linear":
+        return x.detach().abs().reshape(-1, x.shape[-1]).amax(0).float()
+    return x.detach().abs().transpose(0, 1).reshape(x.shape[1], -1).amax(1).float()
 
 
 def collect_input_stats(
@@ -23,20 +51,35 @@ def collect_input_stats(
     bins: int = DEFAULT_BINS,
     show_progress: bool = False,
     total_batches: int | None = None,
-) -> tuple[dict[str, StreamingHistogram], int]:
+    input_scales: dict[str, torch.Tensor] | None = None,
+) -> InputStatistics:
     """Stream the data through ``model`` and histogram the input of each named layer.
 
+    ``input_scales``: layer -> per-input-channel divisor applied to its input before it
+    is recorded (the statistics of a smoothed layer's quantizer input).
+
     Returns:
-        ``(stats, n_samples)``: one histogram per layer that ran, and the number of samples.
+        One histogram and one per-channel maximum per layer that ran, and the number of samples.
     """
     modules = dict(model.named_modules())
     stats = {n: StreamingHistogram(bins) for n in layer_names}
+    absmax: dict[str, torch.Tensor] = {}
+    scales = input_scales or {}
 
     def hook(name: str) -> Callable[..., None]:
+        kind = _kind(modules[name])
+
         def fn(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
             x = inputs[0]
-            if torch.is_tensor(x) and x.is_floating_point():
-                stats[name].update(real_tokens(x, "linear" if isinstance(mod, nn.Linear) else "other"))
+            if not (torch.is_tensor(x) and x.is_floating_point()):
+                return
+            if name in scales:
+                x = divide_input_channels(x, scales[name], kind)
+            # Linear: real tokens only ([rows, C]); convolutions: the whole input.
+            x = real_tokens(x, kind)
+            stats[name].update(x)
+            m = _channel_absmax(x, kind)
+            absmax[name] = m if name not in absmax else torch.maximum(absmax[name], m)
 
         return fn
 
@@ -53,5 +96,5 @@ def collect_input_stats(
     finally:
         for h in handles:
             h.remove()
-    return {n: h for n, h in stats.items() if not h.empty}, n_samples
-
+    kept = {n: h for n, h in stats.items() if not h.empty}
+    return InputStatistics(kept, {n: absmax[n] for n in kept}, n_samples)

@@ -383,7 +383,8 @@ def apply_chains(model: nn.Module, plan: FusionPlan) -> dict[str, str]:
 
     A link is made only when both layers run the integer kernel (their path decisions
     are made) and the consumer's activations are unsigned 8-bit codes (``[0, 255]``),
-    the grid the producer's epilogue requantizes to.
+    the grid the producer's epilogue requantizes to, without smoothing (its per-channel
+    divisor would need a per-channel requantization scale).
 
     Returns:
         producer -> consumer of every link made.
@@ -399,6 +400,8 @@ def apply_chains(model: nn.Module, plan: FusionPlan) -> dict[str, str]:
             continue
         decisions = (src.integer_decision, dst.integer_decision)
         if any(d is None or d.path != "integer" for d in decisions) or dst.a_qrange != (0, 255):
+            continue
+        if getattr(dst, "input_smoothing", None) is not None:  # per-channel divisor: not one grid
             continue
         src.chain_target = (dst, inference_safe)
         made[producer] = consumer

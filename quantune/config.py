@@ -84,6 +84,12 @@ class ActQuant:
         method: calibration (range) method over the collected statistics.
         percentile: for ``method="percentile"``.
         clip_ratio: extra multiplicative clipping applied to the calibrated range (<= 1).
+        smoothing: SmoothQuant migration strength alpha in [0, 1], or None (off). Each
+            input channel ``j`` is divided by ``s_j = max|x_j|^alpha / max|W_:,j|^(1-alpha)``
+            before quantization and the weight's input column multiplied by it, which
+            leaves the float product unchanged but moves outlier channels' range from
+            the per-tensor activation grid into the weights (alpha 1: every channel's
+            activation range equal; 0: every weight column's).
     """
 
     bits: int = 8
@@ -91,12 +97,19 @@ class ActQuant:
     method: str = "minmax"
     percentile: float | None = None
     clip_ratio: float = 1.0
+    smoothing: float | None = None
 
     def __post_init__(self) -> None:
         _check_bits(self.bits, "Activation")
         _check_range_method(self.method, self.percentile, "activation")
         if not 0.0 < float(self.clip_ratio) <= 1.0:
             raise UserInputError(f"clip_ratio must be in (0, 1], got {self.clip_ratio!r}.")
+        alpha = self.smoothing
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 1):
+            raise UserInputError(
+                f"smoothing (SmoothQuant's alpha) must be a number in [0, 1] or None (off), got "
+                f"{self.smoothing!r}; 0.5-0.8 suits most transformers."
+            )
 
 
 @dataclass(frozen=True)

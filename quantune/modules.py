@@ -22,6 +22,7 @@ from quantune import kernels
 from quantune.activation_mark import mark_activated, mark_codes
 from quantune.config import ActQuant, LayerQuantConfig, WeightQuant
 from quantune.errors import UserInputError
+from quantune.input_smoothing import divide_input_channels, input_channel_factors
 from quantune.kernels.decide import DECISION_CACHE, PathDecision, measure_paths
 from quantune.kernels.dispatch import selected_backend
 from quantune.kernels.epilogue import apply_activation
@@ -81,6 +82,11 @@ class QuantizedLayer(nn.Module):
         self.register_buffer("w_zero_point", torch.zeros(w_shape, dtype=torch.int32))
         self.register_buffer("a_scale", torch.ones(()))
         self.register_buffer("a_zero_point", torch.zeros((), dtype=torch.int32))
+        # SmoothQuant's per-input-channel divisor (already multiplied into ``weight``);
+        # a buffer only when the config asks for smoothing, so it is saved and loaded.
+        smoothing = config.activation is not None and config.activation.smoothing is not None
+        in_channels = self.weight.shape[1] * (1 if self.kind == "linear" else self.groups)
+        self.register_buffer("input_smoothing", torch.ones(in_channels) if smoothing else None)
         self._mode = "simulate"
         self._backend = "auto"
         self._codes_cache: tuple[tuple[int, int, int], QuantizedWeight] | None = None
@@ -141,6 +147,26 @@ class QuantizedLayer(nn.Module):
             self.a_scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
             self.a_zero_point.copy_(torch.as_tensor(zero_point, dtype=torch.int32))
 
+    def set_input_smoothing(self, scales: torch.Tensor) -> None:
+        """Divide input channel ``j`` by ``scales[j]`` before quantization and multiply the
+        weights that read it by the same factor (the float product is unchanged)."""
+        if self.input_smoothing is None:
+            raise UserInputError("This layer's config has no smoothing; set ActQuant(smoothing=alpha) first.")
+        scales = scales.detach().to(self.weight.device, torch.float32).reshape(self.input_smoothing.shape)
+        if not bool(torch.isfinite(scales).all()) or bool((scales <= 0).any()):
+            raise ValueError("smoothing scales must be finite and positive")
+        groups = 1 if self.kind == "linear" else self.groups
+        with torch.no_grad():
+            self.weight.mul_(input_channel_factors(scales / self.input_smoothing, self.weight, groups))
+            self.input_smoothing.copy_(scales)
+
+    def smooth_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` divided by the smoothing scales (unchanged without smoothing)."""
+        scales = getattr(self, "input_smoothing", None)  # absent on layers pickled before it existed
+        if scales is None:
+            return x
+        return divide_input_channels(x, scales, self.kind)
+
     def _w_axis(self) -> int | None:
         return 0 if self.w_scale.dim() == 1 else None
 
@@ -177,10 +203,12 @@ class QuantizedLayer(nn.Module):
         return fake_quantize(self.weight, self.w_scale, self.w_zero_point, lo, hi, self._w_axis())
 
     def fake_quant_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's input ``x`` (as it arrives) smoothed and fake-quantized: what the
+        (smoothed) weight is applied to."""
         r = self.a_qrange
         if r is None:
-            return x
-        return fake_quantize(x, self.a_scale, self.a_zero_point, r[0], r[1])
+            return self.smooth_input(x)
+        return fake_quantize(self.smooth_input(x), self.a_scale, self.a_zero_point, r[0], r[1])
 
     # ---- execution ----------------------------------------------------------------------
     def _float_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -191,7 +219,7 @@ class QuantizedLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "float":
-            return self._float_op(x, self.weight)
+            return self._float_op(self.smooth_input(x), self.weight)
         if self.mode == "simulate" or self.a_qrange is None:
             # Weight-only layers run as float GEMMs over dequantized weights.
             return self._float_op(self.fake_quant_input(x), self.fake_quant_weight())
@@ -200,7 +228,7 @@ class QuantizedLayer(nn.Module):
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """Activation codes of ``x`` as uint8 (unsigned grids) or int8 (signed grids)."""
         lo, hi = self.a_qrange  # type: ignore[misc]
-        q = quantize(x, self.a_scale, self.a_zero_point, lo, hi)
+        q = quantize(self.smooth_input(x), self.a_scale, self.a_zero_point, lo, hi)
         return q.to(torch.uint8 if lo >= 0 else torch.int8)
 
     def _act_params(self) -> tuple[float, int]:
@@ -223,7 +251,7 @@ class QuantizedLayer(nn.Module):
         lo, hi = self.a_qrange  # type: ignore[misc]
         _, zx = self._act_params()
         shift = 128 if lo < 0 else 0
-        q = quantize_to_uint8(x, self.a_scale, zx + shift, lo + shift, hi + shift)
+        q = quantize_to_uint8(self.smooth_input(x), self.a_scale, zx + shift, lo + shift, hi + shift)
         return q, zx + shift
 
     def prepack(self) -> None:
@@ -358,7 +386,9 @@ class QuantizedLayer(nn.Module):
         qw_bytes = self.quantized_weight().packed_nbytes() if self.mode != "float" else self.weight.numel() * 4
         meta = self.w_scale.numel() * 4 + (0 if self.config.weight.symmetric else self.w_zero_point.numel())
         bias = self.bias.numel() * 4 if self.bias is not None else 0
-        return qw_bytes + meta + bias + 8  # + activation scale and zero point
+        scales = getattr(self, "input_smoothing", None)
+        smoothing = scales.numel() * 4 if scales is not None else 0
+        return qw_bytes + meta + bias + smoothing + 8  # + activation scale and zero point
 
     def __getstate__(self) -> dict[str, Any]:
         # Prepacked backend weights (oneDNN opaque tensors) can be neither pickled nor

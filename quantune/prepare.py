@@ -94,7 +94,8 @@ class PreparedModel:
         self.layers: list[LayerInfo] = describe_layers(
             self.float_model, names, lambda: run_checked(self.float_model, first, 0)
         )
-        self._stats_cache: dict[tuple[int | None, int], tuple[dict[str, Any], int]] = {}
+        self._stats_cache: dict[tuple[int | None, int], Any] = {}  # -> InputStatistics
+        self._smoothing_cache: dict[tuple[float, int | None, int], tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
         self._subset_cache: dict[tuple[int, int], Iterable[Any]] = {}
         self._synthetic_cache: dict[tuple[int, int, int], tuple[list[torch.Tensor], Any]] = {}
 
@@ -126,25 +127,47 @@ class PreparedModel:
                                                     seed=seed, show_progress=self.show_progress)
         return self._synthetic_cache[key]
 
-    def stats(self, max_samples: int | None = None, seed: int = 0) -> dict[str, Any]:
-        """Input histograms of every quantizable layer (collected once per sample cap and seed)."""
+    def _collect(self, max_samples: int | None, seed: int, names: list[str],
+                 input_scales: dict[str, torch.Tensor] | None = None) -> Any:
+        from quantune.calibration.collect import collect_input_stats
+
+        data = self.calibration_data(max_samples, seed)
+        return collect_input_stats(self.float_model, names, data, show_progress=self.show_progress,
+                                   total_batches=len(data) if hasattr(data, "__len__") else None,
+                                   input_scales=input_scales)
+
+    def input_statistics(self, max_samples: int | None = None, seed: int = 0) -> Any:
+        """Every quantizable layer's :class:`~quantune.calibration.collect.InputStatistics`
+        (histograms, per-channel maxima; collected once per sample cap and seed)."""
         key = (max_samples, seed if max_samples is not None else 0)
         if key not in self._stats_cache:
-            from quantune.calibration.collect import collect_input_stats
+            self._stats_cache[key] = self._collect(max_samples, seed, self.layer_names)
+        return self._stats_cache[key]
 
-            data = self.calibration_data(max_samples, seed)
-            self._stats_cache[key] = collect_input_stats(
-                self.float_model,
-                self.layer_names,
-                data,
-                show_progress=self.show_progress,
-                total_batches=len(data) if hasattr(data, "__len__") else None,
-            )
-        return self._stats_cache[key][0]
+    def stats(self, max_samples: int | None = None, seed: int = 0) -> dict[str, Any]:
+        """Input histograms of every quantizable layer (collected once per sample cap and seed)."""
+        return self.input_statistics(max_samples, seed).histograms
 
     def n_samples(self, max_samples: int | None = None, seed: int = 0) -> int:
-        self.stats(max_samples, seed)
-        return self._stats_cache[(max_samples, seed if max_samples is not None else 0)][1]
+        return self.input_statistics(max_samples, seed).n_samples
+
+    def smoothing(self, alpha: float, max_samples: int | None = None, seed: int = 0
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """``(scales, histograms)`` of SmoothQuant at ``alpha``: every layer's per-input-channel
+        divisors and the histograms of its smoothed input (one more pass over the
+        calibration data per alpha, sample cap and seed; cached)."""
+        key = (float(alpha), max_samples, seed if max_samples is not None else 0)
+        if key not in self._smoothing_cache:
+            from quantune.calibration.smoothing import smoothing_scales
+
+            absmax = self.input_statistics(max_samples, seed).channel_absmax
+            scales = {}
+            for name, amax in absmax.items():
+                layer = self.float_model.get_submodule(name)
+                scales[name] = smoothing_scales(amax, layer.weight, float(alpha), int(getattr(layer, "groups", 1)))
+            smoothed = self._collect(max_samples, seed, list(scales), input_scales=scales)
+            self._smoothing_cache[key] = (scales, smoothed.histograms)
+        return self._smoothing_cache[key]
 
     def quantize(self, config: QuantConfig, mode: str = "integer") -> QuantizedModel:
         """Build a quantized copy of the model under ``config``."""
@@ -158,11 +181,17 @@ class PreparedModel:
             if layer_cfg is None:
                 continue
             qlayer = QuantizedLayer(model.get_submodule(info.name), layer_cfg)
+            h = stats.get(info.name)
+            alpha = None if layer_cfg.activation is None else layer_cfg.activation.smoothing
+            if alpha is not None and h is not None:
+                # Smoothing changes the weight, so it comes before the weight's range.
+                scales, smoothed = self.smoothing(alpha, config.procedure.max_samples, config.procedure.seed)
+                qlayer.set_input_smoothing(scales[info.name])
+                h = smoothed[info.name]
             lo, hi = weight_range(qlayer.weight, layer_cfg.weight)
             qlo, qhi = qlayer.w_qrange
             qlayer.set_weight_qparams(*qparams_from_range(lo, hi, qlo, qhi, layer_cfg.weight.symmetric))
             if layer_cfg.activation is not None:
-                h = stats.get(info.name)
                 if h is None:  # the layer never ran on calibration data
                     qlayer.config = type(layer_cfg)(layer_cfg.weight, None)
                 else:

@@ -209,3 +209,18 @@ def test_codes_are_padded_with_their_zero_point() -> None:
     assert chained.chains == {"c1": "c2"}
     assert chained.quantized_layers()["c2"].a_zero_point != 0  # a zero-padded code would be wrong
     assert torch.allclose(got, want, atol=1e-3, rtol=1e-3)
+
+
+def test_no_chain_into_a_smoothed_consumer() -> None:
+    from quantune.config import ActQuant, LayerQuantConfig, WeightQuant
+
+    config = QuantConfig(LayerQuantConfig(WeightQuant(bits=7), ActQuant(smoothing=0.5)))
+    batches, model = _batches((4, 3, 10, 10)), Chain().eval()
+    q = quantize(model, config, batches, mode="integer")
+    plain = quantize(model, config, batches, mode="integer")
+    plain.fuse_activations = False
+    with torch.no_grad():
+        q(batches[1])
+        got, want = q(batches[1]), plain(batches[1])
+    assert q.chains == {}  # the producer cannot requantize to a per-channel-divided grid
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)

@@ -44,3 +44,21 @@ def test_rebuild_from_model_instance(convnet, image_batches, tmp_path):
     quantune.save(q, tmp_path / "art", include_module=False)
     q2 = quantune.load(tmp_path / "art", model=fresh)
     assert torch.equal(expected, q2(image_batches[0]))
+
+
+def test_smoothing_scales_are_saved_and_loaded(convnet, image_batches, tmp_path):
+    import copy
+
+    from quantune.config import ActQuant, LayerQuantConfig, QuantConfig
+
+    fresh = copy.deepcopy(convnet)
+    config = QuantConfig(LayerQuantConfig(activation=ActQuant(smoothing=0.5)))
+    q = quantune.quantize(convnet, config, image_batches)
+    scales = {n: m.input_smoothing.clone() for n, m in q.quantized_layers().items()}
+    assert any(not torch.equal(s, torch.ones_like(s)) for s in scales.values())
+    expected = q(image_batches[0])
+    quantune.save(q, tmp_path / "art", include_module=False)
+    q2 = quantune.load(tmp_path / "art", model=fresh)
+    for name, m in q2.quantized_layers().items():
+        assert torch.equal(m.input_smoothing, scales[name])
+    assert torch.equal(expected, q2(image_batches[0]))

@@ -70,11 +70,14 @@ def test_hooks_see_real_tokens_only_while_a_masked_batch_runs():
 def test_activation_ranges_and_output_statistics_ignore_padding():
     model = TinyEncoder().eval()
     batches = _batches()
-    stats, n = collect_input_stats(model, ["fc"], batches)
-    assert n == 5
+    collected = collect_input_stats(model, ["fc"], batches)
+    stats = collected.histograms
+    assert collected.n_samples == 5
     with torch.no_grad():
         real = torch.cat([model.embed(b["input_ids"])[b["attention_mask"].bool()] for b in batches])
     assert stats["fc"].max == float(real.max()) < 1000.0
+    # SmoothQuant's per-channel maxima skip the padded rows too.
+    torch.testing.assert_close(collected.channel_absmax["fc"], real.abs().amax(0))
     means = output_means(model, {"fc": "linear"}, batches, stop=False)["fc"]
     with torch.no_grad():
         torch.testing.assert_close(means.mean.float(), model.fc(real).mean(0), rtol=1e-5, atol=1e-5)
