@@ -4,7 +4,7 @@
 
 Rows: ``model, weight_bits, act_bits, method, metric_name, metric, calib_s, peak_rss_mb``.
 ``method`` is the activation range method, with ``+gptq`` / ``+adaround`` / ``+adaquant`` /
-``+biascorr`` where applied. Weights are per-channel (min/max at 8 bits, MSE clipping below
+``+biascorr`` where applied, and ``+sq<alpha>`` with SmoothQuant (``--smoothing``). Weights are per-channel (min/max at 8 bits, MSE clipping below
 8 bits); low-bit rows keep the first and last quantizable layers at W8A8 (W4A4 always; W4A8
 and W7A8 with ``--edges-8bit``, the usual PTQ protocol). ``calib_s`` is the statistics
 pass plus the quantization (and calibration steps) of that row; ``peak_rss_mb`` is the
@@ -43,19 +43,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def layer_cfg(w_bits: int, a_bits: int, method: str, pct: float | None) -> LayerQuantConfig:
+def layer_cfg(w_bits: int, a_bits: int, method: str, pct: float | None, smoothing: float | None = None
+              ) -> LayerQuantConfig:
     return LayerQuantConfig(
         WeightQuant(bits=w_bits, method="minmax" if w_bits == 8 else "mse"),
-        ActQuant(bits=a_bits, method=method, percentile=pct),
+        ActQuant(bits=a_bits, method=method, percentile=pct, smoothing=smoothing),
     )
 
 
 def make_config(prepared: Any, w_bits: int, a_bits: int, method: str, pct: float | None, proc: CalibrationProcedure,
-                edges_8bit: bool = False) -> QuantConfig:
-    cfg = QuantConfig(default=layer_cfg(w_bits, a_bits, method, pct), procedure=proc)
+                edges_8bit: bool = False, smoothing: float | None = None) -> QuantConfig:
+    cfg = QuantConfig(default=layer_cfg(w_bits, a_bits, method, pct, smoothing), procedure=proc)
     if a_bits < 8 or (edges_8bit and w_bits < 8):  # first and last layers stay at 8 bits
         names = prepared.layer_names
-        keep = layer_cfg(8, 8, method, pct)
+        keep = layer_cfg(8, 8, method, pct, smoothing)
         cfg = cfg.with_overrides({names[0]: keep, names[-1]: keep})
     return cfg
 
@@ -92,9 +93,12 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
     prepared.stats()
     stats_s = time.perf_counter() - t
 
-    def measure(w_bits: int, a_bits: int, method: str, pct: float | None, proc: CalibrationProcedure, label: str) -> float:
+    def measure(w_bits: int, a_bits: int, method: str, pct: float | None, proc: CalibrationProcedure, label: str,
+                smoothing: float | None = None) -> float:
         t0 = time.perf_counter()
-        q = prepared.quantize(make_config(prepared, w_bits, a_bits, method, pct, proc, args.edges_8bit), "simulate")
+        q = prepared.quantize(make_config(prepared, w_bits, a_bits, method, pct, proc, args.edges_8bit, smoothing),
+                              "simulate")
+        label += "" if smoothing is None else f"+sq{smoothing:g}"
         calib_s = stats_s + time.perf_counter() - t0
         with torch.no_grad():
             metric = float(entry.evaluator(q)[entry.primary_metric])
@@ -102,7 +106,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
             "model": name, "weight_bits": w_bits, "act_bits": a_bits, "method": label,
             "metric_name": entry.primary_metric, "metric": metric,
             "calib_s": round(calib_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
-            "edges_8bit": a_bits < 8 or (args.edges_8bit and w_bits < 8),
+            "edges_8bit": a_bits < 8 or (args.edges_8bit and w_bits < 8), "smoothing": smoothing,
         }
         if proc.adaquant or proc.adaround:
             row["layerwise_holdout"] = proc.layerwise_holdout
@@ -122,8 +126,10 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
 
     base = CalibrationProcedure()
     methods = [(m, p) for m, p in W8_METHODS if m in args.methods.split(",")]
-    scores = {m: measure(8, 8, m, p, base, m if p is None else f"{m}{p}") for m, p in methods}
-    best = max(scores, key=lambda m: scores[m])
+    # Every row is measured without SmoothQuant, then at each --smoothing alpha.
+    alphas: list[float | None] = [None] + [float(a) for a in args.smoothing.split(",") if a]
+    scores = {(m, a): measure(8, 8, m, p, base, m if p is None else f"{m}{p}", a) for m, p in methods for a in alphas}
+    best = max(scores, key=lambda m: scores[m])[0]
     pct = dict(W8_METHODS)[best]
     label = best if pct is None else f"{best}{pct}"
     # A budget of 0 means none: every layer runs its full iterations (reproducible on any machine).
@@ -144,13 +150,15 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
         return f"{label}+{key}{extra}"
 
     for key in [k for k in args.w8_procs.split(",") if k]:
-        measure(8, 8, best, pct, procedure(key, ada), lab(key))
+        for a in alphas:
+            measure(8, 8, best, pct, procedure(key, ada), lab(key), a)
     if name not in args.low_bit_models.split(","):
         return
     for w_bits in [int(b) for b in args.low_weight_bits.split(",")]:
         for a_bits in [int(b) for b in args.low_act_bits.split(",")]:
             for key in args.low_bit_procs.split(","):
-                measure(w_bits, a_bits, best, pct, procedure(key, ada), lab(key))
+                for a in alphas:
+                    measure(w_bits, a_bits, best, pct, procedure(key, ada), lab(key), a)
 
 
 class Repeated:
@@ -225,6 +233,8 @@ def main() -> None:
     ap.add_argument("--layerwise-loss", choices=LAYERWISE_LOSSES, default="mse",
                     help="output error of AdaRound / AdaQuant: mse, or fisher (weighted by the squared gradient of "
                          "the float model's top-1 cross-entropy; block reconstruction keeps mse)")
+    ap.add_argument("--smoothing", default="",
+                    help="SmoothQuant alphas, e.g. 0.5,0.8: each row is also measured with each")
     ap.add_argument("--n-calib", type=int, help="calibration samples (default: the preset's)")
     ap.add_argument("--n-eval", type=int, help="evaluation samples (default: the preset's)")
     ap.add_argument("--methods", default=",".join(m for m, _ in W8_METHODS), help="W8A8 range methods")

@@ -116,14 +116,14 @@ def _metric_of_entry(entry: Any) -> str:
 
 
 def load_space(spec: str | None, example: bool) -> dict[str, list[Any]] | None:
-    from quantune.tune_space import DEFAULT_DIMENSIONS, QUICK_DIMENSIONS
+    from quantune.tune_space import QUICK_DIMENSIONS
 
     if spec is None:
         spec = "quick" if example else "full"
     if spec == "quick":
         return {k: list(v) for k, v in QUICK_DIMENSIONS.items()}
     if spec == "full":
-        return {k: list(v) for k, v in DEFAULT_DIMENSIONS.items()}
+        return None  # tune() adapts the default space to the model (default_dimensions)
     from quantune.jsonio import read_json_file
 
     path = Path(spec)

@@ -23,7 +23,13 @@ from quantune.prepare import PreparedModel
 from quantune.progress import suppressed
 from quantune.tune_bits import BitPolicy
 from quantune.tune_result import TrialRow, TuneResult
-from quantune.tune_space import DEFAULTS, describe_point, point_to_config, ptq_space
+from quantune.tune_space import (
+    DEFAULTS,
+    default_dimensions,
+    describe_point,
+    point_to_config,
+    ptq_space,
+)
 
 OBJECTIVES = ("metric", "size", "latency")
 # The first evaluation of a trial uses this share of the evaluation batches.
@@ -94,7 +100,8 @@ def tune(
         eval_fn: ``eval_fn(model) -> float`` (higher is better), instead of a metric.
         metric: ``top1``, ``top5``, ``fidelity``, ``cosine`` or ``mse``; default top1 with
             labels, else fidelity (top-1 agreement with the float model).
-        dimensions: the search space (see :mod:`quantune.tune_space`).
+        dimensions: the search space (see :mod:`quantune.tune_space`); None searches
+            ``default_dimensions`` of the model (SmoothQuant only on Linear-heavy models).
         strategy: ``xgboost`` (cost model), ``random``, ``grid``, ``genetic``, ``tpe``.
         trials: evaluation budget of the study (resumed studies count earlier trials).
         timeout_s: wall-time budget of the search.
@@ -158,7 +165,7 @@ def tune(
         trial_latency = "latency" in objectives or sum(i.macs for i in prepared.layers) < SMALL_MODEL_MACS
     if "latency" in objectives and not (trial_latency and latency_batch is not None):
         raise UserInputError("The latency objective needs evaluation batches to time the models on.")
-    space = ptq_space(dimensions, bit_budget=bit_budget is not None)
+    space = ptq_space(dimensions, bit_budget=bit_budget is not None, defaults=default_dimensions(prepared.layers))
     bits = (
         BitPolicy(prepared, bit_budget, storage=storage if isinstance(storage, str) else None,
                   seed=seed, show_progress=show_progress)

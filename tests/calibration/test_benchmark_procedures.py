@@ -43,3 +43,15 @@ def test_layerwise_rows_receive_the_runs_options(key):
 def test_other_rows_keep_the_defaults(key):
     proc = _bench().procedure(key, OPTIONS)
     assert proc.seed == 0 and proc.adaround_iters != 77
+
+
+def test_smoothing_rows_smooth_every_layer_including_the_8bit_edges():
+    from types import SimpleNamespace
+
+    from quantune.config import CalibrationProcedure
+
+    prepared = SimpleNamespace(layer_names=["first", "mid", "last"])
+    cfg = _bench().make_config(prepared, 4, 4, "mse", None, CalibrationProcedure(), smoothing=0.8)
+    assert [cfg.for_layer(n).activation.smoothing for n in ("first", "mid", "last")] == [0.8] * 3
+    assert cfg.for_layer("first").weight.bits == 8 and cfg.for_layer("mid").weight.bits == 4
+    assert _bench().make_config(prepared, 8, 8, "mse", None, CalibrationProcedure()).default.activation.smoothing is None

@@ -115,3 +115,33 @@ def test_calibration_steps_work_on_smoothed_layers(procedure):
                                    .calibration_log[step]["layers"][1] for alpha in (0.8, None))
         assert smoothed_fc2["name"] == "fc2"
         assert smoothed_fc2["mse_before"] < 0.5 * plain_fc2["mse_before"]
+
+
+def test_search_dimension_sets_every_quantized_layers_alpha():
+    from quantune.tune_space import DEFAULT_DIMENSIONS, describe_point, point_to_config, ptq_space
+
+    assert None in DEFAULT_DIMENSIONS["a_smoothing"] and 0.8 in DEFAULT_DIMENSIONS["a_smoothing"]
+    point = {"w_bits": 4, "a_method": "percentile:99.99", "a_smoothing": 0.5}
+    config = point_to_config(point, ["a", "b", "c"])
+    assert {config.for_layer(n).activation.smoothing for n in "abc"} == {0.5}  # edges kept at 8 bits too
+    assert config.for_layer("a").weight.bits == 8 and config.for_layer("b").activation.percentile == 99.99
+    assert "sq0.5" in describe_point(point) and "sq" not in describe_point({"w_bits": 4})
+    assert point_to_config({"w_bits": 4}, ["a", "b"]).default.activation.smoothing is None
+    assert len(ptq_space({"a_smoothing": [None, 0.5, 0.8]}).dimensions) == 1
+
+
+def test_default_space_searches_smoothing_only_on_linear_heavy_models():
+    from quantune.capture import LayerInfo
+    from quantune.tune_space import default_dimensions, ptq_space
+
+    def info(kind: str, macs: int) -> LayerInfo:
+        return LayerInfo("x", kind, 4, 4, (), 1, 16, macs, (4,), (4,), False)
+
+    transformer = [info("linear", 900), info("conv2d", 100)]
+    cnn = [info("conv2d", 900), info("linear", 100)]
+    assert default_dimensions(transformer)["a_smoothing"] == (None, 0.65, 0.8)
+    assert default_dimensions(cnn)["a_smoothing"] == (None,)
+    fixed = {d.name for d in ptq_space(None, defaults=default_dimensions(cnn)).dimensions if len(d.values) == 1}
+    assert "a_smoothing" in fixed
+    searched = {d.name for d in ptq_space(None, defaults=default_dimensions(transformer)).dimensions}
+    assert "a_smoothing" in searched
