@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/e2e.py --json out.json [--models example minilm-l6 ...] [--no-eval]
-        [--weight-bits 8,7] [--procedure gptq+biascorr]
+        [--weight-bits 8,7] [--procedure gptq+biascorr] [--smoothing 0.8]
 
 W7A8 is the x86 "reduce range" format: codes still int8, but |w| <= 63 lets CPUs
 without VNNI run one u8 x s8 GEMM instead of two (vpmaddubsw saturates int16 pairs
@@ -73,7 +73,7 @@ def _call(model: Any, x: Any) -> Any:
 
 
 def bench_model(name: str, evaluate: bool, budget_s: float, weight_bits: tuple[int, ...] = (8,),
-                procedure: str = "base", unfused: bool = False) -> dict[str, Any] | None:
+                procedure: str = "base", unfused: bool = False, smoothing: float | None = None) -> dict[str, Any] | None:
     from quantune import zoo
 
     try:
@@ -87,7 +87,7 @@ def bench_model(name: str, evaluate: bool, budget_s: float, weight_bits: tuple[i
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for bits in weight_bits:
-            config = QuantConfig(LayerQuantConfig(WeightQuant(bits=bits), ActQuant()), procedure=proc)
+            config = QuantConfig(LayerQuantConfig(WeightQuant(bits=bits), ActQuant(smoothing=smoothing)), procedure=proc)
             qmodels[bits] = prepared.quantize(config, mode="integer")
     x, label = timing_input(name, entry)
     float_model = entry.model.eval()
@@ -105,7 +105,8 @@ def bench_model(name: str, evaluate: bool, budget_s: float, weight_bits: tuple[i
         fns["ort_int8"] = ort_int8
     with torch.no_grad():
         ms = time_interleaved(fns, min_rounds=5, budget_s=budget_s, warmup=2)
-    row: dict[str, Any] = {"model": name, "input": label, "procedure": proc.steps, "fp32_ms": round(ms["fp32"], 3)}
+    row: dict[str, Any] = {"model": name, "input": label, "procedure": proc.steps, "smoothing": smoothing,
+                           "fp32_ms": round(ms["fp32"], 3)}
     for bits, qm in qmodels.items():
         paths = Counter(
             f"{m.integer_decision.path}:{m.integer_decision.backend}"
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procedure", default="base", help="calibration steps, e.g. gptq+biascorr")
     p.add_argument("--unfused", action="store_true",
                    help="also time each quantized model without activation fusion and chains")
+    p.add_argument("--smoothing", type=float, default=None, help="SmoothQuant alpha of the quantune models")
     args = p.parse_args(argv)
     weight_bits = tuple(int(b) for b in args.weight_bits.split(",") if b.strip())
     torch.set_num_threads(args.threads)
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     print(" ".join(f"{k}={v}" for k, v in header.items()))
     rows = []
     for name in args.models:
-        row = bench_model(name, not args.no_eval, args.budget, weight_bits, args.procedure, args.unfused)
+        row = bench_model(name, not args.no_eval, args.budget, weight_bits, args.procedure, args.unfused, args.smoothing)
         if row is None:
             continue
         rows.append(row)

@@ -59,6 +59,8 @@ METHOD_NOTES = (
     "model on quantune's integer GEMM core as committed at the time of the run. "
     "quantune-w8a8-gptq-bc-int / quantune-w7a8-gptq-bc-int: GPTQ weight rounding + bias correction "
     "(one sequential pass), 8-bit / 7-bit weights (7-bit runs one GEMM on CPUs without VNNI), integer.",
+    "quantune-w8a8-sq-int (transformers): SmoothQuant with alpha 0.8 (each input channel divided by "
+    "max|x|^0.8 / max|w|^0.2, the weights multiplied by it), min/max ranges, integer.",
     "A row whose first evaluation batch projects past the per-method budget keeps its latency "
     "and size but no metric (the note says so).",
 )
@@ -85,6 +87,8 @@ def methods(entry: zoo.ZooEntry, workdir: Path) -> dict[str, Factory]:
     table["quantune-w8a8-int"] = lambda: q.build("quantune-w8a8", "integer")
     table["quantune-w8a8-gptq-bc-int"] = lambda: q.build("quantune-w8a8-gptq-bc", "integer")
     table["quantune-w7a8-gptq-bc-int"] = lambda: q.build("quantune-w7a8-gptq-bc", "integer")
+    if linear_model:
+        table["quantune-w8a8-sq-int"] = lambda: q.build("quantune-w8a8-sq", "integer")
     return table
 
 

@@ -31,6 +31,8 @@ CONFIGS: dict[str, QuantConfig] = {
     # GPTQ rounding + bias correction; 7-bit weights: one GEMM on CPUs without VNNI.
     "quantune-w8a8-gptq-bc": QuantConfig(default=LayerQuantConfig(W8, ActQuant(bits=8)), procedure=GPTQ_BC),
     "quantune-w7a8-gptq-bc": QuantConfig(default=LayerQuantConfig(W7, ActQuant(bits=8)), procedure=GPTQ_BC),
+    # SmoothQuant (alpha 0.8) for transformers: outlier channels divided before the grid.
+    "quantune-w8a8-sq": QuantConfig(default=LayerQuantConfig(W8, ActQuant(bits=8, smoothing=0.8))),
 }
 
 
