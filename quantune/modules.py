@@ -27,7 +27,7 @@ from quantune.kernels.decide import DECISION_CACHE, PathDecision, measure_paths
 from quantune.kernels.dispatch import selected_backend
 from quantune.kernels.epilogue import apply_activation
 from quantune.kernels.onednn_pack import needs_split
-from quantune.kernels.quantize_input import quantize_to_uint8
+from quantune.kernels.quantize_input import quantize_divided_to_uint8, quantize_to_uint8
 from quantune.kernels.weights import QuantizedWeight
 from quantune.quantizer import fake_quantize, qrange, quantize, symmetric_qrange
 
@@ -251,7 +251,12 @@ class QuantizedLayer(nn.Module):
         lo, hi = self.a_qrange  # type: ignore[misc]
         _, zx = self._act_params()
         shift = 128 if lo < 0 else 0
-        q = quantize_to_uint8(self.smooth_input(x), self.a_scale, zx + shift, lo + shift, hi + shift)
+        scales = getattr(self, "input_smoothing", None)
+        if scales is not None:  # SmoothQuant's divisor in the same pass
+            q = quantize_divided_to_uint8(x, scales, -1 if self.kind == "linear" else 1, self.a_scale,
+                                          zx + shift, lo + shift, hi + shift)
+        else:
+            q = quantize_to_uint8(x, self.a_scale, zx + shift, lo + shift, hi + shift)
         return q, zx + shift
 
     def prepack(self) -> None:

@@ -27,7 +27,7 @@ import torch
 COMPILE_MIN_NUMEL = 1 << 16
 
 _lock = threading.Lock()
-_compiled: Callable[..., torch.Tensor] | None = None
+_compiled: dict[str, Callable[..., torch.Tensor]] = {}
 _disabled = os.environ.get("QUANTUNE_EAGER_QUANTIZE", "") not in ("", "0")
 
 
@@ -37,24 +37,34 @@ def _quantize_flat(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, lo: t
     return torch.minimum(torch.maximum(q, lo), hi).to(torch.uint8)
 
 
+def _quantize_divided(x: torch.Tensor, divisor: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor,
+                      lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    # Two IEEE divisions in eager's order (x / divisor, then / scale): the same codes.
+    q = torch.round((x / divisor) / scale) + zp
+    return torch.minimum(torch.maximum(q, lo), hi).to(torch.uint8)
+
+
+_FUNCTIONS = {"flat": _quantize_flat, "divided": _quantize_divided}
+
+
 def _eager(x: torch.Tensor, scale: torch.Tensor, zp: int, lo: int, hi: int) -> torch.Tensor:
     q = torch.div(x.float(), scale)
     q.round_().add_(zp).clamp_(lo, hi)
     return q.to(torch.uint8)
 
 
-def _get_compiled() -> Callable[..., torch.Tensor] | None:
-    global _compiled, _disabled
+def _get_compiled(name: str = "flat") -> Callable[..., torch.Tensor] | None:
+    global _disabled
     if _disabled:
         return None
     with _lock:
-        if _compiled is None:
+        if name not in _compiled:
             try:
-                _compiled = torch.compile(_quantize_flat, dynamic=True, fullgraph=True)
+                _compiled[name] = torch.compile(_FUNCTIONS[name], dynamic=True, fullgraph=True)
             except Exception:  # noqa: BLE001 - any failure means "use eager"
                 _disabled = True
                 return None
-    return _compiled
+    return _compiled[name]
 
 
 def _flat(x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
@@ -90,3 +100,36 @@ def quantize_to_uint8(x: torch.Tensor, scale: torch.Tensor, zero_point: int, lo:
         _disabled = True
         return _eager(x, scale, zero_point, lo, hi)
     return restore(q)
+
+
+def _channel_rows(x: torch.Tensor, channel_dim: int
+                  ) -> tuple[torch.Tensor, tuple[int, ...], Callable[[torch.Tensor], torch.Tensor]]:
+    """A view of ``x`` whose channels broadcast against a divisor of the returned shape,
+    and how to give a result ``x``'s shape and strides back."""
+    channels = x.shape[channel_dim]
+    if channel_dim in (-1, x.dim() - 1):
+        xc = x.contiguous()
+        return xc.reshape(-1, channels), (channels,), lambda q: q.view(x.shape)
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        nhwc = x.permute(0, 2, 3, 1)
+        return nhwc.reshape(-1, channels), (channels,), lambda q: q.view(nhwc.shape).permute(0, 3, 1, 2)
+    xc = x.contiguous()
+    return xc.reshape(x.shape[0], channels, -1), (1, channels, 1), lambda q: q.view(x.shape)
+
+
+def quantize_divided_to_uint8(x: torch.Tensor, divisor: torch.Tensor, channel_dim: int, scale: torch.Tensor,
+                              zero_point: int, lo: int, hi: int) -> torch.Tensor:
+    """:func:`quantize_to_uint8` of ``x`` with channel ``c`` (dim ``channel_dim``, 1 or -1)
+    first divided by ``divisor[c]`` (SmoothQuant), in one pass on large CPU inputs; the
+    codes equal dividing first and quantizing after, bit for bit."""
+    global _disabled
+    fn = None if x.numel() < COMPILE_MIN_NUMEL or x.device.type != "cpu" else _get_compiled("divided")
+    rows, shape, restore = _channel_rows(x.float() if x.dtype != torch.float32 else x, channel_dim)
+    d = divisor.to(torch.float32).reshape(shape)
+    if fn is not None:
+        consts = [torch.tensor(v, dtype=torch.float32) for v in (zero_point, lo, hi)]
+        try:
+            return restore(fn(rows, d, scale.to(torch.float32), *consts))
+        except Exception:  # noqa: BLE001 - e.g. no C++ toolchain at first real compile
+            _disabled = True
+    return restore(_eager(rows / d, scale, zero_point, lo, hi))

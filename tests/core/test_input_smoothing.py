@@ -129,3 +129,30 @@ def test_setting_scales_twice_keeps_the_float_product():
 def test_config_rejects_a_bad_alpha(alpha):
     with pytest.raises(UserInputError, match="alpha"):
         ActQuant(smoothing=alpha)
+
+
+@pytest.mark.parametrize("layout", ["linear", "contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_fused_divide_and_quantize_equals_dividing_first(layout, compiled, monkeypatch):
+    from quantune.input_smoothing import divide_input_channels
+    from quantune.kernels.quantize_input import quantize_divided_to_uint8
+    from quantune.quantizer import quantize
+
+    # tests/conftest.py turns compilation off for speed; the slow case is about the compiled path.
+    monkeypatch.setattr("quantune.kernels.quantize_input._disabled", not compiled)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 16, 40, 40, generator=gen) * 3
+    kind, dim = "conv2d", 1
+    if layout == "linear":
+        x, kind, dim = x.reshape(4, 1600, 16), "linear", -1
+    elif layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = x.transpose(2, 3)
+    divisor = torch.rand(16, generator=gen) * 3 + 0.1
+    scale = torch.tensor(0.02)
+    q = quantize_divided_to_uint8(x, divisor, dim, scale, 117, 0, 255)
+    expected = quantize(divide_input_channels(x, divisor, kind), scale, torch.tensor(117), 0, 255).to(torch.uint8)
+    assert torch.equal(q, expected)
+    if layout == "channels_last":
+        assert q.is_contiguous(memory_format=torch.channels_last)
