@@ -20,6 +20,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 import torch
@@ -43,7 +44,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def layer_cfg(w_bits: int, a_bits: int, method: str, pct: float | None, smoothing: float | None = None
+def layer_cfg(w_bits: int, a_bits: int, method: str, pct: float | None, smoothing: float | str | None = None
               ) -> LayerQuantConfig:
     return LayerQuantConfig(
         WeightQuant(bits=w_bits, method="minmax" if w_bits == 8 else "mse"),
@@ -52,7 +53,7 @@ def layer_cfg(w_bits: int, a_bits: int, method: str, pct: float | None, smoothin
 
 
 def make_config(prepared: Any, w_bits: int, a_bits: int, method: str, pct: float | None, proc: CalibrationProcedure,
-                edges_8bit: bool = False, smoothing: float | None = None) -> QuantConfig:
+                edges_8bit: bool = False, smoothing: float | str | None = None) -> QuantConfig:
     cfg = QuantConfig(default=layer_cfg(w_bits, a_bits, method, pct, smoothing), procedure=proc)
     if a_bits < 8 or (edges_8bit and w_bits < 8):  # first and last layers stay at 8 bits
         names = prepared.layer_names
@@ -94,11 +95,11 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
     stats_s = time.perf_counter() - t
 
     def measure(w_bits: int, a_bits: int, method: str, pct: float | None, proc: CalibrationProcedure, label: str,
-                smoothing: float | None = None) -> float:
+                smoothing: float | str | None = None) -> float:
         t0 = time.perf_counter()
         q = prepared.quantize(make_config(prepared, w_bits, a_bits, method, pct, proc, args.edges_8bit, smoothing),
                               "simulate")
-        label += "" if smoothing is None else f"+sq{smoothing:g}"
+        label += "" if smoothing is None else f"+sq{smoothing}"
         calib_s = stats_s + time.perf_counter() - t0
         with torch.no_grad():
             metric = float(entry.evaluator(q)[entry.primary_metric])
@@ -108,6 +109,8 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
             "calib_s": round(calib_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
             "edges_8bit": a_bits < 8 or (args.edges_8bit and w_bits < 8), "smoothing": smoothing,
         }
+        if smoothing == "auto":  # how many layers took each alpha ("None": kept unsmoothed)
+            row["auto_alphas"] = dict(Counter(str(a) for a in q.smoothing_alphas.values()))
         if proc.adaquant or proc.adaround:
             row["layerwise_holdout"] = proc.layerwise_holdout
             row["layerwise_float_target"] = proc.layerwise_float_target
@@ -127,7 +130,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
     base = CalibrationProcedure()
     methods = [(m, p) for m, p in W8_METHODS if m in args.methods.split(",")]
     # Every row is measured without SmoothQuant, then at each --smoothing alpha.
-    alphas: list[float | None] = [None] + [float(a) for a in args.smoothing.split(",") if a]
+    alphas: list[float | str | None] = [None] + [a if a == "auto" else float(a) for a in args.smoothing.split(",") if a]
     scores = {(m, a): measure(8, 8, m, p, base, m if p is None else f"{m}{p}", a) for m, p in methods for a in alphas}
     best = max(scores, key=lambda m: scores[m])[0]
     pct = dict(W8_METHODS)[best]
@@ -234,7 +237,7 @@ def main() -> None:
                     help="output error of AdaRound / AdaQuant: mse, or fisher (weighted by the squared gradient of "
                          "the float model's top-1 cross-entropy; block reconstruction keeps mse)")
     ap.add_argument("--smoothing", default="",
-                    help="SmoothQuant alphas, e.g. 0.5,0.8: each row is also measured with each")
+                    help="SmoothQuant alphas, e.g. 0.65,0.8,auto: each row is also measured with each")
     ap.add_argument("--n-calib", type=int, help="calibration samples (default: the preset's)")
     ap.add_argument("--n-eval", type=int, help="evaluation samples (default: the preset's)")
     ap.add_argument("--methods", default=",".join(m for m, _ in W8_METHODS), help="W8A8 range methods")

@@ -6,13 +6,28 @@ moves range between the two: at alpha 1 every input channel's maximum becomes 1 
 per-tensor activation grid no longer serves a few outlier channels), at 0 every weight
 column's maximum does. The weights are quantized per output channel, so the range they
 take on costs them less than the activations' per-tensor grid loses.
+
+``smoothing="auto"`` (:func:`choose_alpha`) scores each candidate alpha, and no smoothing,
+per layer: the layer quantized with it (nearest rounding, the config's range methods) on
+calibration inputs, against the float layer's output. Where weights are narrow (4 bits)
+and activations wide (8 bits), moving range into the weights loses and the layer keeps
+its plain input; where an activation grid is starved (4 bits, outlier channels), it wins.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 
 from quantune.input_smoothing import weights_by_input_channel
+
+#: Candidates of ``smoothing="auto"``, besides no smoothing.
+AUTO_ALPHAS: tuple[float, ...] = (0.3, 0.5, 0.65, 0.8, 0.9)
+#: Calibration inputs the candidates are scored on: Linear rows (tokens), conv samples.
+AUTO_LINEAR_ROWS = 4096
+AUTO_CONV_SAMPLES = 16
 
 # Channels below this magnitude (dead inputs, all-zero weight columns) keep scale 1:
 # their ratio means nothing and an extreme factor would wreck the other side's range.
@@ -41,4 +56,44 @@ def smoothing_scales(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: floa
     return s.clamp(_MIN_SCALE, _MAX_SCALE).float()
 
 
-__all__ = ["smoothing_scales"]
+def layer_inputs(prepared: Any, name: str, kind: str, max_samples: int | None, seed: int) -> torch.Tensor | None:
+    """Up to ``AUTO_LINEAR_ROWS`` real-token rows (Linear) or ``AUTO_CONV_SAMPLES`` samples
+    (convolutions) of layer ``name``'s float input, from the first calibration batches."""
+    from quantune.calibration.layer_io import as_rows, capture_inputs
+
+    data = prepared.calibration_data(max_samples, seed)
+    cap = AUTO_LINEAR_ROWS if kind == "linear" else AUTO_CONV_SAMPLES
+    parts, count = [], 0
+    for captured in capture_inputs(prepared.float_model, name, data, kind):
+        x = as_rows(captured.x, kind)[: cap - count]
+        parts.append(x)
+        count += x.shape[0]
+        if count >= cap:
+            break
+    return torch.cat(parts) if parts else None
+
+
+@torch.no_grad()
+def choose_alpha(prepared: Any, name: str, layer_cfg: Any, max_samples: int | None, seed: int) -> float | None:
+    """The candidate (an alpha of ``AUTO_ALPHAS`` or None) with the smallest output MSE of
+    layer ``name`` quantized under ``layer_cfg``, against the float layer, on calibration
+    inputs; None (no smoothing) also when the layer never ran."""
+    layer = prepared.float_model.get_submodule(name)
+    kind = "linear" if isinstance(layer, torch.nn.Linear) else "conv"
+    x = layer_inputs(prepared, name, kind, max_samples, seed)
+    if x is None or layer_cfg.activation is None:
+        return None
+    target = layer(x)
+    best: tuple[float, float | None] | None = None
+    for alpha in (None, *AUTO_ALPHAS):
+        candidate = dataclasses.replace(layer_cfg, activation=dataclasses.replace(layer_cfg.activation, smoothing=alpha))
+        qlayer = prepared.quantized_layer(name, candidate, alpha, max_samples, seed)
+        qlayer.mode = "simulate"
+        error = float((qlayer(x) - target).pow(2).mean())
+        if best is None or error < best[0]:  # ties keep the earlier, plainer candidate
+            best = (error, alpha)
+    assert best is not None
+    return best[1]
+
+
+__all__ = ["AUTO_ALPHAS", "choose_alpha", "layer_inputs", "smoothing_scales"]

@@ -18,6 +18,9 @@ from typing import Any
 
 from quantune.errors import ConfigVersionError, UserInputError
 
+#: ``ActQuant.smoothing`` value that picks SmoothQuant's alpha per layer by measurement.
+SMOOTHING_AUTO = "auto"
+
 #: Output errors layer-wise calibration can minimize (:attr:`CalibrationProcedure.layerwise_loss`).
 LAYERWISE_LOSSES = ("mse", "fisher")
 
@@ -89,7 +92,9 @@ class ActQuant:
             before quantization and the weight's input column multiplied by it, which
             leaves the float product unchanged but moves outlier channels' range from
             the per-tensor activation grid into the weights (alpha 1: every channel's
-            activation range equal; 0: every weight column's).
+            activation range equal; 0: every weight column's). ``"auto"``: each layer
+            takes the alpha (or no smoothing) whose quantized output is closest to the
+            float layer's on calibration inputs (``quantune.calibration.smoothing``).
     """
 
     bits: int = 8
@@ -97,7 +102,7 @@ class ActQuant:
     method: str = "minmax"
     percentile: float | None = None
     clip_ratio: float = 1.0
-    smoothing: float | None = None
+    smoothing: float | str | None = None
 
     def __post_init__(self) -> None:
         _check_bits(self.bits, "Activation")
@@ -105,10 +110,11 @@ class ActQuant:
         if not 0.0 < float(self.clip_ratio) <= 1.0:
             raise UserInputError(f"clip_ratio must be in (0, 1], got {self.clip_ratio!r}.")
         alpha = self.smoothing
-        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 1):
+        number = isinstance(alpha, int | float) and not isinstance(alpha, bool)
+        if alpha is not None and alpha != SMOOTHING_AUTO and not (number and 0 <= alpha <= 1):
             raise UserInputError(
-                f"smoothing (SmoothQuant's alpha) must be a number in [0, 1] or None (off), got "
-                f"{self.smoothing!r}; 0.5-0.8 suits most transformers."
+                f"smoothing (SmoothQuant's alpha) must be a number in [0, 1], {SMOOTHING_AUTO!r} (chosen per "
+                f"layer) or None (off), got {self.smoothing!r}; 0.65-0.8 suits most transformers."
             )
 
 

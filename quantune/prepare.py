@@ -13,7 +13,7 @@ from torch import nn
 from quantune.batches import iter_batches, run_checked
 from quantune.bn_folding import find_bn_pairs, fold_batchnorm, set_submodule
 from quantune.capture import LayerInfo, describe_layers, find_quantizable, find_unsupported
-from quantune.config import QuantConfig
+from quantune.config import SMOOTHING_AUTO, LayerQuantConfig, QuantConfig
 from quantune.errors import UserInputError
 from quantune.modules import QuantizedLayer
 from quantune.quantized_model import QuantizedModel
@@ -95,6 +95,7 @@ class PreparedModel:
             self.float_model, names, lambda: run_checked(self.float_model, first, 0)
         )
         self._stats_cache: dict[tuple[int | None, int], Any] = {}  # -> InputStatistics
+        self._auto_alpha_cache: dict[tuple[Any, ...], float | None] = {}
         self._smoothing_cache: dict[tuple[float, int | None, int], tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
         self._subset_cache: dict[tuple[int, int], Iterable[Any]] = {}
         self._synthetic_cache: dict[tuple[int, int, int], tuple[list[torch.Tensor], Any]] = {}
@@ -169,41 +170,67 @@ class PreparedModel:
             self._smoothing_cache[key] = (scales, smoothed.histograms)
         return self._smoothing_cache[key]
 
+    def quantized_layer(self, name: str, layer_cfg: LayerQuantConfig, alpha: float | None,
+                        max_samples: int | None = None, seed: int = 0) -> QuantizedLayer:
+        """Layer ``name`` of the float model quantized under ``layer_cfg`` with nearest
+        rounding: SmoothQuant at ``alpha`` (a number or None, whatever the config says),
+        weight and activation ranges from the statistics."""
+        from quantune.calibration.ranges import activation_range, weight_range
+
+        qlayer = QuantizedLayer(self.float_model.get_submodule(name), layer_cfg)
+        h = self.stats(max_samples, seed).get(name)
+        if alpha is not None and h is not None:
+            # Smoothing changes the weight, so it comes before the weight's range.
+            scales, smoothed = self.smoothing(alpha, max_samples, seed)
+            qlayer.set_input_smoothing(scales[name])
+            h = smoothed[name]
+        lo, hi = weight_range(qlayer.weight, layer_cfg.weight)
+        qlo, qhi = qlayer.w_qrange
+        qlayer.set_weight_qparams(*qparams_from_range(lo, hi, qlo, qhi, layer_cfg.weight.symmetric))
+        if layer_cfg.activation is not None:
+            if h is None:  # the layer never ran on calibration data
+                qlayer.config = type(layer_cfg)(layer_cfg.weight, None)
+            else:
+                alo, ahi = activation_range(h, layer_cfg.activation)
+                rlo, rhi = qlayer.a_qrange  # type: ignore[misc]
+                qlayer.set_act_qparams(
+                    *qparams_from_range(torch.tensor(alo), torch.tensor(ahi), rlo, rhi, layer_cfg.activation.symmetric)
+                )
+        return qlayer
+
+    def smoothing_alpha(self, name: str, layer_cfg: LayerQuantConfig, max_samples: int | None = None,
+                        seed: int = 0) -> float | None:
+        """The SmoothQuant alpha layer ``name`` runs with under ``layer_cfg``: the config's
+        number, or for ``"auto"`` the measured best (cached per layer and config)."""
+        alpha = None if layer_cfg.activation is None else layer_cfg.activation.smoothing
+        if alpha != SMOOTHING_AUTO:
+            return alpha
+        key = (name, layer_cfg, max_samples, seed if max_samples is not None else 0)
+        if key not in self._auto_alpha_cache:
+            from quantune.calibration.smoothing import choose_alpha
+
+            self._auto_alpha_cache[key] = choose_alpha(self, name, layer_cfg, max_samples, seed)
+        return self._auto_alpha_cache[key]
+
     def quantize(self, config: QuantConfig, mode: str = "integer") -> QuantizedModel:
         """Build a quantized copy of the model under ``config``."""
         from quantune.calibration.procedures import run_procedure
-        from quantune.calibration.ranges import activation_range, weight_range
 
-        stats = self.stats(config.procedure.max_samples, config.procedure.seed)
+        n, seed = config.procedure.max_samples, config.procedure.seed
         model = copy.deepcopy(self.float_model)
+        alphas: dict[str, float | None] = {}
         for info in self.layers:
             layer_cfg = config.for_layer(info.name)
             if layer_cfg is None:
                 continue
-            qlayer = QuantizedLayer(model.get_submodule(info.name), layer_cfg)
-            h = stats.get(info.name)
-            alpha = None if layer_cfg.activation is None else layer_cfg.activation.smoothing
-            if alpha is not None and h is not None:
-                # Smoothing changes the weight, so it comes before the weight's range.
-                scales, smoothed = self.smoothing(alpha, config.procedure.max_samples, config.procedure.seed)
-                qlayer.set_input_smoothing(scales[info.name])
-                h = smoothed[info.name]
-            lo, hi = weight_range(qlayer.weight, layer_cfg.weight)
-            qlo, qhi = qlayer.w_qrange
-            qlayer.set_weight_qparams(*qparams_from_range(lo, hi, qlo, qhi, layer_cfg.weight.symmetric))
-            if layer_cfg.activation is not None:
-                if h is None:  # the layer never ran on calibration data
-                    qlayer.config = type(layer_cfg)(layer_cfg.weight, None)
-                else:
-                    alo, ahi = activation_range(h, layer_cfg.activation)
-                    rlo, rhi = qlayer.a_qrange  # type: ignore[misc]
-                    qlayer.set_act_qparams(
-                        *qparams_from_range(torch.tensor(alo), torch.tensor(ahi), rlo, rhi, layer_cfg.activation.symmetric)
-                    )
-            set_submodule(model, info.name, qlayer)
+            alpha = self.smoothing_alpha(info.name, layer_cfg, n, seed)
+            if layer_cfg.activation is not None and layer_cfg.activation.smoothing is not None:
+                alphas[info.name] = alpha
+            set_submodule(model, info.name, self.quantized_layer(info.name, layer_cfg, alpha, n, seed))
         qmodel = QuantizedModel(
             model, config, self.layers, self.bn_pairs, self.unsupported, self.float_size_bytes
         )
+        qmodel.smoothing_alphas = alphas
         run_procedure(qmodel, self, config.procedure)
         return qmodel.set_mode(mode)
 

@@ -48,6 +48,9 @@ class QuantizedModel(nn.Module):
         self.fuse_activations = True
         self.fused_activations: dict[str, str] | None = None
         self.chains: dict[str, str] = {}
+        #: SmoothQuant's alpha of each smoothed layer (None: measured best without;
+        #: see ``ActQuant.smoothing``), set by quantization.
+        self.smoothing_alphas: dict[str, float | None] = {}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         plan = None

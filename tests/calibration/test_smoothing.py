@@ -126,6 +126,7 @@ def test_search_dimension_sets_every_quantized_layers_alpha():
     assert {config.for_layer(n).activation.smoothing for n in "abc"} == {0.5}  # edges kept at 8 bits too
     assert config.for_layer("a").weight.bits == 8 and config.for_layer("b").activation.percentile == 99.99
     assert "sq0.5" in describe_point(point) and "sq" not in describe_point({"w_bits": 4})
+    assert "sqauto" in describe_point({"a_smoothing": "auto"})
     assert point_to_config({"w_bits": 4}, ["a", "b"]).default.activation.smoothing is None
     assert len(ptq_space({"a_smoothing": [None, 0.5, 0.8]}).dimensions) == 1
 
@@ -139,9 +140,44 @@ def test_default_space_searches_smoothing_only_on_linear_heavy_models():
 
     transformer = [info("linear", 900), info("conv2d", 100)]
     cnn = [info("conv2d", 900), info("linear", 100)]
-    assert default_dimensions(transformer)["a_smoothing"] == (None, 0.65, 0.8)
+    assert default_dimensions(transformer)["a_smoothing"] == (None, 0.8, "auto")
     assert default_dimensions(cnn)["a_smoothing"] == (None,)
     fixed = {d.name for d in ptq_space(None, defaults=default_dimensions(cnn)).dimensions if len(d.values) == 1}
     assert "a_smoothing" in fixed
     searched = {d.name for d in ptq_space(None, defaults=default_dimensions(transformer)).dimensions}
     assert "a_smoothing" in searched
+
+
+def test_auto_picks_each_layers_best_candidate_by_measured_error():
+    from quantune.calibration.smoothing import AUTO_ALPHAS, layer_inputs
+
+    model, data = OutlierMLP().eval(), _data()
+    prepared = prepare(model, data)
+    q = prepared.quantize(_config("auto"), "simulate")
+    assert set(q.smoothing_alphas) == {"fc1", "fc2", "fc3"}
+    for name, chosen in q.smoothing_alphas.items():
+        x = layer_inputs(prepared, name, "linear", None, 0)
+        layer = model.get_submodule(name)
+        errors = {}
+        for alpha in (None, *AUTO_ALPHAS):
+            cand = prepared.quantized_layer(name, _config(alpha).default, alpha)
+            cand.mode = "simulate"
+            with torch.no_grad():
+                errors[alpha] = float((cand(x) - layer(x)).pow(2).mean())
+        assert errors[chosen] == min(errors.values())
+    assert q.smoothing_alphas["fc2"] is not None  # the layer after the outlier channels smooths
+    # The whole model is at least as close to float as with any single alpha or none.
+    auto_error = _error(q, model, data)
+    for alpha in (None, 0.5, 0.8):
+        assert auto_error <= 1.05 * _error(prepared.quantize(_config(alpha), "simulate"), model, data)
+
+
+def test_auto_keeps_a_layer_unsmoothed_where_smoothing_loses():
+    # Inputs without outlier channels: smoothing can only spend weight precision.
+    gen = torch.Generator().manual_seed(5)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    data = [torch.randn(32, 16, generator=gen) for _ in range(3)]
+    prepared = prepare(model, data)
+    q = prepared.quantize(_config("auto", w_bits=3), "simulate")
+    assert None in q.smoothing_alphas.values()
+    assert _error(q, model, data) <= _error(prepared.quantize(_config(None, w_bits=3), "simulate"), model, data)

@@ -125,10 +125,17 @@ def test_setting_scales_twice_keeps_the_float_product():
         torch.testing.assert_close(q(x), m(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("alpha", [-0.1, 1.5, True, "0.5"])
+@pytest.mark.parametrize("alpha", [-0.1, 1.5, True, "0.5", "Auto"])
 def test_config_rejects_a_bad_alpha(alpha):
     with pytest.raises(UserInputError, match="alpha"):
         ActQuant(smoothing=alpha)
+
+
+def test_config_takes_auto_and_round_trips():
+    from quantune.config import QuantConfig
+
+    config = QuantConfig(LayerQuantConfig(activation=ActQuant(smoothing="auto")))
+    assert QuantConfig.from_json(config.to_json()) == config
 
 
 @pytest.mark.parametrize("layout", ["linear", "contiguous", "channels_last", "strided"])
