@@ -96,6 +96,7 @@ class PreparedModel:
         )
         self._stats_cache: dict[tuple[int | None, int], Any] = {}  # -> InputStatistics
         self._auto_alpha_cache: dict[tuple[Any, ...], float | None] = {}
+        self._auto_model_cache: dict[tuple[Any, ...], dict[str, float | None]] = {}
         self._smoothing_cache: dict[tuple[float, int | None, int], tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
         self._subset_cache: dict[tuple[int, int], Iterable[Any]] = {}
         self._synthetic_cache: dict[tuple[int, int, int], tuple[list[torch.Tensor], Any]] = {}
@@ -200,11 +201,12 @@ class PreparedModel:
 
     def smoothing_alpha(self, name: str, layer_cfg: LayerQuantConfig, max_samples: int | None = None,
                         seed: int = 0) -> float | None:
-        """The SmoothQuant alpha layer ``name`` runs with under ``layer_cfg``: the config's
-        number, or for ``"auto"`` the measured best (cached per layer and config)."""
+        """The SmoothQuant alpha of layer ``name`` under ``layer_cfg`` on its own: the config's
+        number, or for ``"auto"`` the layer's measured best (cached per layer and config;
+        :meth:`auto_smoothing_alphas` then checks the choices on the whole model)."""
         alpha = None if layer_cfg.activation is None else layer_cfg.activation.smoothing
         if alpha != SMOOTHING_AUTO:
-            return alpha
+            return None if alpha is None else float(alpha)
         key = (name, layer_cfg, max_samples, seed if max_samples is not None else 0)
         if key not in self._auto_alpha_cache:
             from quantune.calibration.smoothing import choose_alpha
@@ -212,21 +214,33 @@ class PreparedModel:
             self._auto_alpha_cache[key] = choose_alpha(self, name, layer_cfg, max_samples, seed)
         return self._auto_alpha_cache[key]
 
+    def auto_smoothing_alphas(self, layer_cfgs: dict[str, LayerQuantConfig], max_samples: int | None = None,
+                              seed: int = 0) -> dict[str, float | None]:
+        """Alphas of the layers whose config says ``smoothing="auto"`` (none: empty), chosen
+        per layer and checked on the whole model (``quantune.calibration.smoothing``; cached)."""
+        if not any(c.activation is not None and c.activation.smoothing == SMOOTHING_AUTO for c in layer_cfgs.values()):
+            return {}
+        key = (tuple(layer_cfgs.items()), max_samples, seed if max_samples is not None else 0)
+        if key not in self._auto_model_cache:
+            from quantune.calibration.smoothing import choose_alphas
+
+            self._auto_model_cache[key] = choose_alphas(self, layer_cfgs, max_samples, seed)
+        return self._auto_model_cache[key]
+
     def quantize(self, config: QuantConfig, mode: str = "integer") -> QuantizedModel:
         """Build a quantized copy of the model under ``config``."""
         from quantune.calibration.procedures import run_procedure
 
         n, seed = config.procedure.max_samples, config.procedure.seed
         model = copy.deepcopy(self.float_model)
+        layer_cfgs = {info.name: cfg for info in self.layers if (cfg := config.for_layer(info.name)) is not None}
+        chosen = self.auto_smoothing_alphas(layer_cfgs, n, seed)
         alphas: dict[str, float | None] = {}
-        for info in self.layers:
-            layer_cfg = config.for_layer(info.name)
-            if layer_cfg is None:
-                continue
-            alpha = self.smoothing_alpha(info.name, layer_cfg, n, seed)
+        for name, layer_cfg in layer_cfgs.items():
+            alpha = chosen[name] if name in chosen else self.smoothing_alpha(name, layer_cfg, n, seed)
             if layer_cfg.activation is not None and layer_cfg.activation.smoothing is not None:
-                alphas[info.name] = alpha
-            set_submodule(model, info.name, self.quantized_layer(info.name, layer_cfg, alpha, n, seed))
+                alphas[name] = alpha
+            set_submodule(model, name, self.quantized_layer(name, layer_cfg, alpha, n, seed))
         qmodel = QuantizedModel(
             model, config, self.layers, self.bn_pairs, self.unsupported, self.float_size_bytes
         )
