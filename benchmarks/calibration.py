@@ -109,6 +109,9 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -
             "calib_s": round(calib_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
             "edges_8bit": a_bits < 8 or (args.edges_8bit and w_bits < 8), "smoothing": smoothing,
         }
+        bias_log = getattr(q, "calibration_log", {}).get("bias_correction")
+        if bias_log is not None and "kept" in bias_log:  # the whole-model check's verdict
+            row["bias_correction_kept"] = bias_log["kept"]
         if smoothing == "auto":  # how many layers took each alpha ("None": kept unsmoothed)
             row["auto_alphas"] = dict(Counter(str(a) for a in q.smoothing_alphas.values()))
         if proc.adaquant or proc.adaround:

@@ -32,18 +32,22 @@ def run_procedure(qmodel: Any, prepared: Any, procedure: CalibrationProcedure) -
     # after rounding it, in GPTQ's sequential pass (one pass over the layers, not two).
     fused_bias = (procedure.gptq and procedure.bias_correction and procedure.gptq_sequential
                   and not procedure.adaround and not procedure.adaquant and not procedure.bn_reestimate)
+    check = _BiasCheck(qmodel, prepared.float_model, batches) if procedure.bias_correction else None
     if procedure.gptq:
         from quantune.calibration.gptq_layers import run_gptq
 
         t = time.perf_counter()
+        if check is not None and fused_bias:
+            check.before()
         done = run_gptq(qmodel, prepared.float_model, batches, damp=procedure.gptq_damp,
                         act_order=procedure.gptq_act_order, sequential=procedure.gptq_sequential,
                         float_target=procedure.gptq_float_target, correct_bias=fused_bias,
                         show_progress=show)
         log["gptq"] = {"layers": [r.__dict__ for r in done], "seconds": time.perf_counter() - t}
         if fused_bias:
+            assert check is not None
             log["bias_correction"] = {"shift_removed": {r.name: r.bias_shift for r in done},
-                                      "fused_with": "gptq", "seconds": 0.0}
+                                      "fused_with": "gptq", "seconds": 0.0, **check.decide()}
     layerwise_batches = batches
     if procedure.synthetic_samples and (procedure.adaround or procedure.adaquant):
         t = time.perf_counter()
@@ -82,10 +86,53 @@ def run_procedure(qmodel: Any, prepared: Any, procedure: CalibrationProcedure) -
         report = reestimate_bn(qmodel, getattr(prepared, "bn_modules", {}), batches)
         log["bn_reestimate"] = {"batchnorms": report, "seconds": time.perf_counter() - t}
     if procedure.bias_correction and not fused_bias:
+        assert check is not None
         from quantune.calibration.bias_correction import bias_correction
 
         t = time.perf_counter()
+        check.before()
         removed = bias_correction(qmodel, prepared.float_model, batches, show_progress=show)
-        log["bias_correction"] = {"shift_removed": removed, "seconds": time.perf_counter() - t}
+        log["bias_correction"] = {"shift_removed": removed, **check.decide(), "seconds": time.perf_counter() - t}
     qmodel.calibration_log = log
     return log
+
+
+class _BiasCheck:
+    """Keeps a bias correction only if the whole model's output error on calibration
+    batches does not grow (:mod:`quantune.calibration.output_error`): the mean shift it
+    removes can be dominated by a few clipped outlier tokens."""
+
+    def __init__(self, qmodel: Any, float_model: Any, batches: list[Any]) -> None:
+        self.qmodel = qmodel
+        self.float_model = float_model
+        self.batches = batches
+        self.snapshot: dict[str, Any] = {}
+
+    def before(self) -> None:
+        """Remember the biases before the correction."""
+        from quantune.calibration.output_error import bias_snapshot
+
+        self.snapshot = bias_snapshot(self.qmodel.quantized_layers())
+
+    def decide(self) -> dict[str, Any]:
+        """Keep the corrected biases or put the remembered ones back; says which, and the errors."""
+        from quantune.calibration.output_error import (
+            CHECK_BATCHES,
+            bias_snapshot,
+            reference_outputs,
+            relative_output_error,
+            restore_biases,
+        )
+
+        layers = self.qmodel.quantized_layers()
+        self.qmodel.set_mode("simulate")
+        check = self.batches[:CHECK_BATCHES]
+        reference = reference_outputs(self.float_model, check)
+        corrected = bias_snapshot(layers)
+        error_corrected = relative_output_error(self.qmodel, check, reference)
+        restore_biases(layers, self.snapshot)
+        error_plain = relative_output_error(self.qmodel, check, reference)
+        kept = error_corrected <= error_plain
+        if kept:
+            restore_biases(layers, corrected)
+        return {"kept": kept, "output_error_corrected": error_corrected, "output_error_uncorrected": error_plain}

@@ -100,37 +100,21 @@ def choose_alpha(prepared: Any, name: str, layer_cfg: Any, max_samples: int | No
     return best[1]
 
 
-#: Calibration batches the whole-model check runs on.
-AUTO_CHECK_BATCHES = 8
-
-
-def _output(out: Any) -> torch.Tensor:
-    from quantune.search.sensitivity_losses import output_tensor
-
-    return output_tensor(out).detach().float()
-
-
 @torch.no_grad()
-def _relative_output_error(prepared: Any, alphas: dict[str, float | None], layer_cfgs: dict[str, Any],
-                           max_samples: int | None, seed: int, batches: list[Any], reference: list[torch.Tensor]
-                           ) -> float:
-    """``sum (y_q - y)^2 / sum y^2`` of the model with ``alphas`` (nearest rounding)."""
+def _model_error(prepared: Any, alphas: dict[str, float | None], layer_cfgs: dict[str, Any],
+                 max_samples: int | None, seed: int, batches: list[Any], reference: list[torch.Tensor]) -> float:
+    """Relative output error of the model with ``alphas`` (nearest rounding)."""
     import copy
 
-    from quantune.batches import run_model
     from quantune.bn_folding import set_submodule
+    from quantune.calibration.output_error import relative_output_error
 
     model = copy.deepcopy(prepared.float_model)
     for name, cfg in layer_cfgs.items():
         qlayer = prepared.quantized_layer(name, cfg, alphas.get(name), max_samples, seed)
         qlayer.mode = "simulate"
         set_submodule(model, name, qlayer)
-    num = den = 0.0
-    for batch, ref in zip(batches, reference, strict=True):
-        y = _output(run_model(model, batch))
-        num += float((y - ref).pow(2).sum())
-        den += float(ref.pow(2).sum())
-    return num / max(den, 1e-30)
+    return relative_output_error(model, batches, reference)
 
 
 @torch.no_grad()
@@ -139,16 +123,16 @@ def choose_alphas(prepared: Any, layer_cfgs: dict[str, Any], max_samples: int | 
     """Alphas of the ``smoothing="auto"`` layers among ``layer_cfgs`` (every quantized
     layer's config, by name): per layer by :func:`choose_alpha`, kept only if the whole
     model's output error on calibration batches is at most every uniform choice's."""
-    from quantune.batches import run_model
+    from quantune.calibration.output_error import CHECK_BATCHES, reference_outputs
 
     auto = [n for n, c in layer_cfgs.items() if c.activation is not None and c.activation.smoothing == "auto"]
     per_layer = {n: prepared.smoothing_alpha(n, layer_cfgs[n], max_samples, seed) for n in auto}
     fixed = {n: None if c.activation is None or c.activation.smoothing in (None, "auto") else float(c.activation.smoothing)
              for n, c in layer_cfgs.items()}
-    batches = list(prepared.calibration_data(max_samples, seed))[:AUTO_CHECK_BATCHES]
-    reference = [_output(run_model(prepared.float_model, b)) for b in batches]
+    batches = list(prepared.calibration_data(max_samples, seed))[:CHECK_BATCHES]
+    reference = reference_outputs(prepared.float_model, batches)
     candidates = [per_layer] + [{n: alpha for n in auto} for alpha in (None, *AUTO_ALPHAS)]
-    errors = [_relative_output_error(prepared, {**fixed, **c}, layer_cfgs, max_samples, seed, batches, reference)
+    errors = [_model_error(prepared, {**fixed, **c}, layer_cfgs, max_samples, seed, batches, reference)
               for c in candidates]
     return candidates[min(range(len(candidates)), key=errors.__getitem__)]  # ties: the per-layer choice
 

@@ -87,6 +87,50 @@ def test_bias_correction_removes_the_mean_shift(cnn):
     shift_corr = (channel_means(corrected) - target).abs().mean()
     assert shift_corr < 0.05 * shift_plain
     assert set(corrected.calibration_log["bias_correction"]["shift_removed"]) == {"0", "3", "6", "11"}
+    log = corrected.calibration_log["bias_correction"]
+    assert log["kept"] and log["output_error_corrected"] <= log["output_error_uncorrected"]
+
+
+def _harmful_bias_correction(monkeypatch) -> None:
+    """Make every bias correction wreck the biases, as one dominated by outliers can."""
+    from quantune.calibration import bias_correction as bc_module
+
+    real = bc_module.bias_correction
+
+    def wrecking(qmodel, *args, **kwargs):
+        removed = real(qmodel, *args, **kwargs)
+        with torch.no_grad():
+            for layer in qmodel.quantized_layers().values():
+                layer.bias.add_(50.0)
+        return removed
+
+    monkeypatch.setattr(bc_module, "bias_correction", wrecking)
+
+
+def test_a_bias_correction_that_hurts_the_model_is_reverted(cnn, monkeypatch):
+    model, data = cnn
+    p = prepare(model, data)
+    plain = p.quantize(_cfg(), "simulate")
+    _harmful_bias_correction(monkeypatch)
+    checked = p.quantize(_cfg(bias_correction=True), "simulate")
+    log = checked.calibration_log["bias_correction"]
+    assert not log["kept"] and log["output_error_corrected"] > log["output_error_uncorrected"]
+    for name, layer in checked.quantized_layers().items():  # the nearest-rounding biases are back
+        torch.testing.assert_close(layer.bias, plain.quantized_layers()[name].bias)
+
+
+def test_gptq_fused_bias_correction_is_checked_too(cnn):
+    model, data = cnn
+    p = prepare(model, data)
+    gptq = p.quantize(_cfg(gptq=True), "simulate")
+    fused = p.quantize(_cfg(gptq=True, bias_correction=True), "simulate")
+    log = fused.calibration_log["bias_correction"]
+    assert log["fused_with"] == "gptq" and "kept" in log
+    if not log["kept"]:  # reverted: exactly GPTQ's model
+        for name, layer in fused.quantized_layers().items():
+            torch.testing.assert_close(layer.bias, gptq.quantized_layers()[name].bias)
+    assert log["output_error_corrected" if log["kept"] else "output_error_uncorrected"] == min(
+        log["output_error_corrected"], log["output_error_uncorrected"])
 
 
 def test_bn_reestimation_tracks_the_quantized_statistics(cnn):
