@@ -28,9 +28,16 @@ def _output(out: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reference_outputs(float_model: Callable[..., Any], batches: Sequence[Any]) -> list[torch.Tensor]:
-    """The float model's outputs on ``batches``."""
-    return [_output(run_model(float_model, b)) for b in batches]  # type: ignore[arg-type]
+def reference_outputs(float_model: Callable[..., Any], batches: Sequence[Any]) -> list[torch.Tensor] | None:
+    """The float model's outputs on ``batches``; None when they are not tensors (or
+    ``.logits`` / ``.last_hidden_state`` / a tuple's first tensor), which leaves nothing
+    to compare: callers then skip their check."""
+    from quantune.errors import UserInputError
+
+    try:
+        return [_output(run_model(float_model, b)) for b in batches]  # type: ignore[arg-type]
+    except UserInputError:
+        return None
 
 
 @torch.no_grad()

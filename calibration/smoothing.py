@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from quantune.config import SMOOTHING_AUTO
 from quantune.input_smoothing import weights_by_input_channel
 
 #: Candidates of ``smoothing="auto"``, besides no smoothing.
@@ -125,12 +126,15 @@ def choose_alphas(prepared: Any, layer_cfgs: dict[str, Any], max_samples: int | 
     model's output error on calibration batches is at most every uniform choice's."""
     from quantune.calibration.output_error import CHECK_BATCHES, reference_outputs
 
-    auto = [n for n, c in layer_cfgs.items() if c.activation is not None and c.activation.smoothing == "auto"]
+    auto = [n for n, c in layer_cfgs.items() if c.activation is not None and c.activation.smoothing == SMOOTHING_AUTO]
     per_layer = {n: prepared.smoothing_alpha(n, layer_cfgs[n], max_samples, seed) for n in auto}
-    fixed = {n: None if c.activation is None or c.activation.smoothing in (None, "auto") else float(c.activation.smoothing)
+    fixed = {n: None if c.activation is None or c.activation.smoothing in (None, SMOOTHING_AUTO)
+             else float(c.activation.smoothing)
              for n, c in layer_cfgs.items()}
     batches = list(prepared.calibration_data(max_samples, seed))[:CHECK_BATCHES]
     reference = reference_outputs(prepared.float_model, batches)
+    if reference is None:  # outputs that are not tensors: the per-layer choice stands
+        return per_layer
     candidates = [per_layer] + [{n: alpha for n in auto} for alpha in (None, *AUTO_ALPHAS)]
     errors = [_model_error(prepared, {**fixed, **c}, layer_cfgs, max_samples, seed, batches, reference)
               for c in candidates]

@@ -162,3 +162,22 @@ def test_bn_reestimation_tracks_the_quantized_statistics(cnn):
 def test_procedure_round_trips_through_json():
     cfg = _cfg(adaquant=True, adaquant_time_budget_s=12.5, adaquant_sequential=False, bias_correction=True)
     assert QuantConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_bias_correction_without_tensor_outputs_skips_the_check(cnn):
+    from torch import nn
+
+    class DictOutput(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return {"scores": self.inner(x)}
+
+    model, data = cnn
+    p = prepare(DictOutput(model), data)
+    q = p.quantize(_cfg(bias_correction=True), "simulate")
+    log = q.calibration_log["bias_correction"]
+    assert log["kept"] and log["check"].startswith("skipped")
+    assert log["shift_removed"]
