@@ -42,6 +42,7 @@ def machine_description() -> dict[str, Any]:
 def build_report(result: TuneResult) -> dict[str, Any]:
     """The report as plain JSON-able data."""
     qlayers = result.model.quantized_layers()
+    alphas = getattr(result.model, "smoothing_alphas", {})  # absent on models saved before it existed
     per_layer = []
     for info in result.layers:
         m = qlayers.get(info["name"])
@@ -55,6 +56,9 @@ def build_report(result: TuneResult) -> dict[str, Any]:
                 "weight_bits": m.config.weight.bits if m is not None else None,
                 "act_bits": (m.config.activation.bits if m is not None and m.config.activation else None),
                 "config": m.config.short_name if m is not None else "float",
+                # SmoothQuant's alpha this layer runs with ("none": chosen off by "auto").
+                **({"smoothing": "none" if alphas[info["name"]] is None else alphas[info["name"]]}
+                   if info["name"] in alphas else {}),
             }
         )
     states: dict[str, int] = {}

@@ -205,3 +205,16 @@ def test_auto_falls_back_to_a_uniform_choice_when_the_per_layer_one_loses(monkey
     q = prepared.quantize(_config("auto"), "simulate")
     assert set(q.smoothing_alphas.values()) != {0.0}
     assert len(set(q.smoothing_alphas.values())) == 1
+
+
+def test_tune_reports_each_layers_alpha():
+    from quantune.tune import tune
+
+    model, data = OutlierMLP().eval(), _data()
+    result = tune(model, data, data, metric="mse", dimensions={"a_smoothing": ["auto"]}, strategy="grid",
+                  trials=1, show_progress=False, measure_latency=False)
+    layers = {row["name"]: row for row in result.report()["layers"]}
+    assert result.point["a_smoothing"] == "auto" and "sqauto" in result.label
+    for name, alpha in result.model.smoothing_alphas.items():
+        assert layers[name]["smoothing"] == ("none" if alpha is None else alpha)
+    assert set(result.model.smoothing_alphas) == {"fc1", "fc2", "fc3"}
