@@ -32,14 +32,16 @@ class InputStatistics:
     n_samples: int
 
 
-def _kind(module: nn.Module) -> str:
+def input_kind(module: nn.Module) -> str:
+    """``linear`` (channels last) for Linear layers (float or quantized), else ``conv`` (channels at dim 1)."""
     return "linear" if isinstance(module, nn.Linear) or getattr(module, "kind", None) == "linear" else "conv"
 
 
 def _channel_absmax(x: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "linear":
-        return x.detach().abs().reshape(-1, x.shape[-1]).amax(0).float()
-    return x.detach().abs().transpose(0, 1).reshape(x.shape[1], -1).amax(1).float()
+    # max |x| = max(-min, max): one reduction pass, no |x| copy of the activation.
+    rows = x.detach().reshape(-1, x.shape[-1]) if kind == "linear" else x.detach().transpose(0, 1).reshape(x.shape[1], -1)
+    lo, hi = torch.aminmax(rows, dim=0 if kind == "linear" else 1)
+    return torch.maximum(-lo, hi).float()
 
 
 def collect_input_stats(
@@ -67,7 +69,7 @@ def collect_input_stats(
     scales = input_scales or {}
 
     def hook(name: str) -> Callable[..., None]:
-        kind = _kind(modules[name])
+        kind = input_kind(modules[name])
 
         def fn(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
             x = inputs[0]

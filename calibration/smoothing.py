@@ -83,8 +83,10 @@ def choose_alpha(prepared: Any, name: str, layer_cfg: Any, max_samples: int | No
     """The candidate (an alpha of ``AUTO_ALPHAS`` or None) with the smallest output MSE of
     layer ``name`` quantized under ``layer_cfg``, against the float layer, on calibration
     inputs; None (no smoothing) also when the layer never ran."""
+    from quantune.calibration.collect import input_kind
+
     layer = prepared.float_model.get_submodule(name)
-    kind = "linear" if isinstance(layer, torch.nn.Linear) else "conv"
+    kind = input_kind(layer)
     x = layer_inputs(prepared, name, kind, max_samples, seed)
     if x is None or layer_cfg.activation is None:
         return None
