@@ -39,6 +39,7 @@ from quantune.calibration.layer_batches import MIN_SAMPLES_TO_HOLD_OUT
 from quantune.calibration.layerwise import calibrate_layer, execution_order, layer_step
 from quantune.capture import LayerInfo
 from quantune.config import CalibrationProcedure
+from quantune.memory import release_free_memory
 from quantune.modules import QuantizedLayer
 from quantune.progress import progress_bar
 
@@ -279,6 +280,7 @@ def run_block_reconstruction(
             done, seconds = _run_unit(unit, k, modules, qlayers, info, float_model, input_model, batches,
                                       procedure, layer_wise, share)
             optimised_s += seconds
+            release_free_memory()  # the unit's cached samples are garbage now (quantune.memory)
             results.extend(done)
             if done:
                 bar.set_postfix_str(f"{unit.name} mse {done[-1].mse_before:.2e}->{done[-1].mse_after:.2e}")

@@ -26,6 +26,7 @@ from quantune.calibration.layer_io import (
 )
 from quantune.capture import LayerInfo
 from quantune.config import CalibrationProcedure
+from quantune.memory import release_free_memory
 from quantune.modules import QuantizedLayer
 from quantune.progress import progress_bar
 
@@ -162,6 +163,9 @@ def run_layerwise(
             res, seconds = calibrate_layer(step, qlayers[name], info[name], float_model, input_model, batches,
                                            procedure, index=k, seconds=share)
             optimised_s += seconds
+            # The layer's cached samples are garbage now; hand their pages back before the
+            # next layer's arrive, or the process keeps them (see quantune.memory).
+            release_free_memory()
             if res is not None:
                 results.append(res)
                 bar.set_postfix_str(f"{name} mse {res.mse_before:.2e}->{res.mse_after:.2e}")

@@ -5,9 +5,10 @@ streams random 224x224 images made on the fly, so the peak RSS measures what qua
 itself holds. Streaming histograms keep statistics collection flat (4N may cost at most
 10% + 40 MB more than N); AdaQuant caches each layer's inputs and float targets up to
 ``adaquant_cache_mb`` (64 MB in the child) whatever N is, so its peak stays within
-statistics peak + ADAQUANT_EXTRA_MB. Measured (2 shared cores, 1 thread): N=16: stats
-1017 MB, AdaQuant 1017 MB; N=64: stats 1016 MB, AdaQuant 1257 MB (the cache reaches its
-cap between the two sizes; above it the peak no longer grows).
+statistics peak + ADAQUANT_EXTRA_MB. Measured (2 cores, 1 thread, 2026-11-28): N=16:
+stats 991 MB, AdaQuant 991 MB; N=64: stats 987 MB, AdaQuant 1109 MB (the cache reaches its
+cap between the two sizes; above it the peak no longer grows). Without the heap trim
+between layers (quantune.memory) AdaQuant at N=64 reached 1211-1535 MB.
 """
 
 from __future__ import annotations
