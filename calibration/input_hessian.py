@@ -47,6 +47,7 @@ class InputMoments:
         layer = self.layer
         if self.kind == "linear":
             return x.reshape(-1, x.shape[-1]).t().unsqueeze(0)
+        x = layer.pad_input(x)
         if self.kind == "conv1d":
             x = x.unsqueeze(2)
             kernel, stride = (1, *layer.weight.shape[2:]), (1, *layer.stride)
@@ -54,8 +55,10 @@ class InputMoments:
             dilation = (1, *layer.dilation)
         else:
             kernel, stride, padding, dilation = tuple(layer.weight.shape[2:]), layer.stride, layer.padding, layer.dilation
-        if isinstance(padding, str):
-            raise ValueError(f"string padding {padding!r} is not supported by GPTQ")
+        if isinstance(padding, str):  # "same" may be asymmetric, which unfold cannot do
+            pads = layer.zero_padding_amounts()
+            x = F.pad(x, pads if self.kind == "conv2d" else (*pads, 0, 0))
+            padding = 0
         cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # [B, C*kk, L]
         b, ck, n = cols.shape
         return cols.reshape(b, self.groups, ck // self.groups, n).permute(1, 2, 0, 3).reshape(self.groups, self.k, b * n)

@@ -97,12 +97,16 @@ def weighted_mse(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
 
 def layer_forward(layer: QuantizedLayer, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
                   padding: object = None) -> torch.Tensor:
-    """The layer's op with explicit weight and bias (``padding`` overrides the layer's)."""
+    """The layer's op with explicit weight and bias on its input ``x``.
+
+    ``padding`` overrides the layer's padding, for inputs the caller has padded already.
+    """
     if layer.kind == "linear":
         return F.linear(x, w, b)
     conv = F.conv2d if layer.kind == "conv2d" else F.conv1d
-    pad = layer.padding if padding is None else padding
-    return conv(x, w, b, layer.stride, pad, layer.dilation, layer.groups)
+    if padding is None:
+        x, padding = layer.pad_input(x), layer.padding
+    return conv(x, w, b, layer.stride, padding, layer.dilation, layer.groups)
 
 
 class LayerBatches:
@@ -135,6 +139,9 @@ class LayerBatches:
         pad = getattr(layer, "padding", 0)
         if (window is not None and layer.kind == "conv2d" and not isinstance(pad, str)
                 and y.shape[2] * y.shape[3] > window * window):
+            # Windows are cut from the input as the convolution reads it: a reflect /
+            # replicate / circular padding is applied once up front (``pad`` is then 0).
+            self.x = layer.pad_input(x)
             self.pad = (pad, pad) if isinstance(pad, int) else tuple(pad)
             self.window = (min(window, y.shape[2]), min(window, y.shape[3]))
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from quantune.batches import run_model
 
@@ -63,6 +64,8 @@ def restore_biases(layers: dict[str, Any], snapshot: dict[str, torch.Tensor | No
         layer = layers[name]
         if bias is None:
             layer.bias = None
+        elif layer.bias is None:  # bias correction gave a bias-less layer one; put it back
+            layer.bias = nn.Parameter(bias.clone())
         else:
             layer.bias.data.copy_(bias)
 

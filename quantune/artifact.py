@@ -187,6 +187,8 @@ def _rebuild(base: nn.Module, meta: dict[str, Any], config: QuantConfig, path: P
         scale, zp = state[f"{name}.w_scale"], state[f"{name}.w_zero_point"]
         axis = 0 if scale.dim() == 1 else None
         state[f"{name}.weight"] = dequantize(codes, scale, zp, axis).reshape(qlayer.weight.shape)
+        if qlayer.bias is None and f"{name}.bias" in state:  # bias correction gave it one
+            qlayer.bias = nn.Parameter(torch.zeros_like(state[f"{name}.bias"]))
         set_submodule(model, name, qlayer)
     from quantune.kernels.decide import PathDecision
 

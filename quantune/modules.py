@@ -62,11 +62,6 @@ class QuantizedLayer(nn.Module):
             self.kind = "conv1d"
         else:
             raise TypeError(f"cannot quantize {type(module).__name__}")
-        if self.kind != "linear" and module.padding_mode != "zeros":  # type: ignore[union-attr]
-            raise UserInputError(
-                f"Convolutions with padding_mode={module.padding_mode!r} are kept float; "  # type: ignore[union-attr]
-                "override this layer with None in the config."
-            )
         self.config = config
         self.weight = nn.Parameter(module.weight.detach().clone().float())
         b = getattr(module, "bias", None)
@@ -76,6 +71,15 @@ class QuantizedLayer(nn.Module):
             self.padding = module.padding  # type: ignore[union-attr]
             self.dilation = tuple(module.dilation)  # type: ignore[union-attr]
             self.groups = int(module.groups)  # type: ignore[union-attr]
+            self.padding_mode: str = module.padding_mode  # type: ignore[union-attr]
+            #: ``F.pad`` amounts of a reflect / replicate / circular padding, applied to
+            #: the input before a convolution that itself pads nothing (``padding`` is
+            #: then all zeros). These modes copy input values, so they commute with
+            #: smoothing and quantization: the integer path pads the codes alike.
+            self.input_padding: tuple[int, ...] | None = None
+            if self.padding_mode != "zeros":
+                self.input_padding = tuple(module._reversed_padding_repeated_twice)  # type: ignore[union-attr]
+                self.padding = (0,) * (self.weight.dim() - 2)
         n_out = self.weight.shape[0]
         w_shape = (n_out,) if config.weight.granularity == "per_channel" else ()
         self.register_buffer("w_scale", torch.ones(w_shape))
@@ -211,11 +215,22 @@ class QuantizedLayer(nn.Module):
         return fake_quantize(self.smooth_input(x), self.a_scale, self.a_zero_point, r[0], r[1])
 
     # ---- execution ----------------------------------------------------------------------
+    def pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with the layer's non-zero padding mode applied (unchanged for zero padding).
+
+        A convolution of this layer reads ``pad_input(x)`` with ``padding``; works on
+        float inputs and on activation codes alike.
+        """
+        pads = getattr(self, "input_padding", None)
+        if pads is None:
+            return x
+        return F.pad(x, pads, mode=self.padding_mode)
+
     def _float_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if self.kind == "linear":
             return F.linear(x, w, self.bias)
         conv = F.conv2d if self.kind == "conv2d" else F.conv1d
-        return conv(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return conv(self.pad_input(x), w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "float":
@@ -273,7 +288,9 @@ class QuantizedLayer(nn.Module):
             if self.kind == "linear":
                 shape: tuple[int, ...] = (1, self.weight.shape[1])
             else:
-                spatial = [d * (k - 1) + 1 for k, d in zip(self.weight.shape[2:], self.dilation, strict=True)]
+                # Large enough for the kernel and for a reflect padding (< the input size).
+                reach = max(self.input_padding or (0,))
+                spatial = [max(d * (k - 1) + 1, reach + 1) for k, d in zip(self.weight.shape[2:], self.dilation, strict=True)]
                 shape = (1, self.weight.shape[1] * self.groups, *spatial)
             qx = torch.full(shape, zx_u8, dtype=torch.uint8, device=self.weight.device)
             self._run_integer(qx, sx, zx_u8, qw, torch.float32)
@@ -361,6 +378,7 @@ class QuantizedLayer(nn.Module):
         out = {"out_scale": out_scale, "out_zero_point": out_zero_point}
         if self.kind == "linear":
             return kernels.linear(qx, sx, zx, qw, self.bias, activation, out_dtype, self.backend, **out)
+        qx = self.pad_input(qx)
         padding = self.padding
         if isinstance(padding, str):
             qx, padding = self._explicit_padding(qx, zx)
@@ -373,17 +391,27 @@ class QuantizedLayer(nn.Module):
         return kernels.conv1d(qx, sx, zx, qw, self.bias, self.stride[0], padding[0],
                               self.dilation[0], self.groups, activation, out_dtype, self.backend, **out)
 
-    def _explicit_padding(self, qx: torch.Tensor, zx: int) -> tuple[torch.Tensor, tuple[int, ...]]:
-        # padding="valid" / "same": pad with the zero point's code (float 0.0) up front.
+    def zero_padding_amounts(self) -> tuple[int, ...]:
+        """``F.pad`` amounts (last dimension first) of the zeros the convolution adds,
+        whatever form ``padding`` takes (ints, a tuple, ``"valid"``, ``"same"``)."""
         spatial = self.weight.shape[2:]
         if self.padding == "valid":
-            return qx, (0,) * len(spatial)
+            return (0,) * (2 * len(spatial))
         pads: list[int] = []
-        for k, d in zip(reversed(spatial), reversed(self.dilation), strict=True):
-            total = d * (k - 1)
-            pads += [total // 2, total - total // 2]
-        padded = F.pad(qx.to(torch.int32), pads, value=zx).to(qx.dtype)
-        return padded, (0,) * len(spatial)
+        if self.padding == "same":  # PyTorch puts the odd one on the right
+            for k, d in zip(reversed(spatial), reversed(self.dilation), strict=True):
+                total = d * (k - 1)
+                pads += [total // 2, total - total // 2]
+        else:
+            per_dim = (self.padding,) * len(spatial) if isinstance(self.padding, int) else self.padding
+            for p in reversed(per_dim):
+                pads += [p, p]
+        return tuple(pads)
+
+    def _explicit_padding(self, qx: torch.Tensor, zx: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+        # padding="valid" / "same": pad with the zero point's code (float 0.0) up front.
+        padded = F.pad(qx.to(torch.int32), self.zero_padding_amounts(), value=zx).to(qx.dtype)
+        return padded, (0,) * (self.weight.dim() - 2)
 
     # ---- reporting ----------------------------------------------------------------------
     def size_bytes(self) -> int:

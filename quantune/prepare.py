@@ -76,12 +76,6 @@ class PreparedModel:
                 "quantune cannot make it smaller."
             )
         self.unsupported = find_unsupported(self.float_model)
-        if self.unsupported:
-            warnings.warn(
-                "Kept float (not quantizable by quantune): "
-                + ", ".join(f"{n} ({t})" for n, t in self.unsupported),
-                stacklevel=2,
-            )
         first = next(iter(iter_batches(self.calib_data)))
         run_checked(self.float_model, first, 0)
         self.bn_pairs = find_bn_pairs(self.float_model, lambda: run_checked(self.float_model, first, 0))
@@ -91,9 +85,24 @@ class PreparedModel:
             bn: copy.deepcopy(self.float_model.get_submodule(bn)) for _, bn in self.bn_pairs
         }
         fold_batchnorm(self.float_model, self.bn_pairs)
-        self.layers: list[LayerInfo] = describe_layers(
-            self.float_model, names, lambda: run_checked(self.float_model, first, 0)
-        )
+        described = describe_layers(self.float_model, names, lambda: run_checked(self.float_model, first, 0))
+        # A layer that never runs as a module has no statistics, and may not even be
+        # used through its forward: MultiheadAttention reads its out_proj's weights
+        # directly, so "quantizing" it would change nothing but the reported size.
+        self.layers: list[LayerInfo] = [info for info in described if info.input_shape]
+        self.unsupported += [(info.name, "never ran as a module on the calibration data")
+                             for info in described if not info.input_shape]
+        if not self.layers:
+            raise UserInputError(
+                "No quantizable layer (nn.Linear, nn.Conv1d or nn.Conv2d) ran as a module on the "
+                "calibration data; check that the data reaches the model's layers."
+            )
+        if self.unsupported:
+            warnings.warn(
+                "Kept float (not quantizable by quantune): "
+                + ", ".join(f"{n} ({t})" for n, t in self.unsupported),
+                stacklevel=2,
+            )
         self._stats_cache: dict[tuple[int | None, int], Any] = {}  # -> InputStatistics
         self._auto_alpha_cache: dict[tuple[Any, ...], float | None] = {}
         self._auto_model_cache: dict[tuple[Any, ...], dict[str, float | None]] = {}

@@ -149,6 +149,7 @@ class QuantizedModel(nn.Module):
         zx = int(m.a_zero_point)
         if m.kind == "linear":
             return reference.linear_accumulate(qx, zx, qw)
+        qx = m.pad_input(qx)
         if m.kind == "conv2d":
             return reference.conv2d_accumulate(qx, zx, qw, m.stride, m.padding, m.dilation, m.groups)
         return reference.conv1d_accumulate(qx, zx, qw, m.stride[0], m.padding[0], m.dilation[0], m.groups)

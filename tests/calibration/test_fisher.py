@@ -15,8 +15,9 @@ from quantune.calibration.fisher import (
 )
 from quantune.calibration.layer_batches import LayerBatches, weighted_mse
 from quantune.calibration.layer_io import RowSelector, collect_layer_samples
-from quantune.config import CalibrationProcedure
+from quantune.config import CalibrationProcedure, LayerQuantConfig
 from quantune.errors import UserInputError
+from quantune.modules import QuantizedLayer
 
 
 def _half_blind_cnn() -> nn.Module:
@@ -75,8 +76,7 @@ def test_layer_samples_carry_weights_drawn_with_their_windows():
     assert samples.weight[:, 4:].max() == 0
     plain = collect_layer_samples(model, model, "0", "conv2d", data, RowSelector(1.0, 0, 0))
     assert plain is not None and plain.weight is None
-    layer = type("L", (), {"kind": "conv2d", "padding": (1, 1), "stride": (1, 1), "dilation": (1, 1),
-                           "weight": model[0].weight})()
+    layer = QuantizedLayer(model[0], LayerQuantConfig())
     batches = LayerBatches(layer, samples.x, samples.y, 3, torch.Generator().manual_seed(0), window=8,
                            weight=samples.weight * 0 + samples.y)  # weights equal to the targets: traceable
     x, y, w = batches.draw_weighted()

@@ -78,6 +78,32 @@ def test_conv_hessian_matches_explicit_patches(groups: int) -> None:
         assert torch.allclose(hess.hessian()[g], rows.t() @ rows / rows.shape[0], atol=1e-5)
 
 
+@pytest.mark.parametrize(("padding", "mode", "pads"), [
+    ("same", "zeros", (1, 2, 1, 2)),  # even kernel: the odd zero goes right / bottom
+    (1, "reflect", (1, 1, 1, 1)),
+    ((2, 1), "replicate", (1, 1, 2, 2)),
+])
+def test_conv_hessian_sees_the_input_as_the_convolution_pads_it(padding, mode, pads) -> None:
+    conv = nn.Conv2d(3, 4, 4, padding=padding, padding_mode=mode)
+    x = torch.randn(2, 3, 7, 8)
+    hess = InputMoments(_layer(conv))
+    hess.update(x)
+    cols = F.unfold(F.pad(x, pads, mode="constant" if mode == "zeros" else mode), 4)
+    rows = cols.permute(0, 2, 1).reshape(-1, 3 * 16).double()
+    assert cols.shape[-1] == conv(x).shape[2] * conv(x).shape[3]
+    assert torch.allclose(hess.hessian()[0], rows.t() @ rows / rows.shape[0], atol=1e-5)
+
+
+def test_conv1d_hessian_with_same_padding() -> None:
+    conv = nn.Conv1d(2, 3, 4, padding="same")
+    x = torch.randn(2, 2, 9)
+    hess = InputMoments(_layer(conv))
+    hess.update(x)
+    cols = F.unfold(F.pad(x, (1, 2)).unsqueeze(2), (1, 4))
+    rows = cols.permute(0, 2, 1).reshape(-1, 2 * 4).double()
+    assert torch.allclose(hess.hessian()[0], rows.t() @ rows / rows.shape[0], atol=1e-5)
+
+
 def test_linear_hessian_counts_tokens_as_rows() -> None:
     x = torch.randn(4, 5, 7)
     hess = InputMoments(_layer(nn.Linear(7, 3)))

@@ -38,6 +38,26 @@ def test_windows_match_the_full_convolution(kernel, stride, padding, dilation, g
         torch.testing.assert_close(out, yb, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_windows_of_a_non_zero_padding_mode_match_the_full_convolution(mode):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, padding_mode=mode)
+    layer = QuantizedLayer(conv, CFG)
+    x = torch.randn(3, 4, 21, 21)
+    with torch.no_grad():
+        y = conv(x)
+    batches = LayerBatches(layer, x, y, batch=3, generator=torch.Generator().manual_seed(1), window=4)
+    assert batches.window is not None
+    for _ in range(40):
+        xb, yb = batches.draw()
+        with torch.no_grad():
+            torch.testing.assert_close(batches.forward(xb, conv.weight, conv.bias), yb, rtol=1e-5, atol=1e-5)
+    whole = LayerBatches(layer, x, y, batch=3, generator=torch.Generator(), window=None)
+    xb, yb = whole.draw()
+    with torch.no_grad():
+        torch.testing.assert_close(whole.forward(xb, conv.weight, conv.bias), yb, rtol=1e-5, atol=1e-5)
+
+
 def test_small_maps_linear_rows_and_string_padding_draw_whole_samples():
     torch.manual_seed(0)
     small = QuantizedLayer(nn.Conv2d(4, 4, 3, padding=1), CFG)

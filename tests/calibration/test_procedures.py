@@ -119,6 +119,52 @@ def test_a_bias_correction_that_hurts_the_model_is_reverted(cnn, monkeypatch):
         torch.testing.assert_close(layer.bias, plain.quantized_layers()[name].bias)
 
 
+def test_kept_bias_correction_of_bias_less_layers_survives_the_check():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1, bias=False), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4, bias=False),
+    ).eval()
+    data = [torch.randn(8, 3, 10, 10) + 0.5 for _ in range(4)]
+    p = prepare(model, data)
+    corrected = p.quantize(_cfg(bias_correction=True), "simulate")
+    log = corrected.calibration_log["bias_correction"]
+    assert log["kept"], log  # the check measured both and kept the corrected biases
+    layers = corrected.quantized_layers()
+    assert all(layer.bias is not None for layer in layers.values())
+    assert any(float(layer.bias.abs().max()) > 0 for layer in layers.values())
+
+
+class _Attention(torch.nn.Module):
+    """MultiheadAttention uses its ``out_proj`` Linear's weights functionally: the
+    module itself never runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Linear(6, 8)
+        self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x)
+        return self.head(self.attn(t, t, t)[0].mean(1))
+
+
+def test_layers_that_never_run_stay_float_and_layerwise_steps_skip_them():
+    torch.manual_seed(0)
+    model = _Attention().eval()
+    data = [torch.randn(4, 5, 6) for _ in range(3)]
+    p = prepare(model, data)
+    assert "attn.out_proj" not in p.layer_names  # it never runs: kept float, reported
+    assert ("attn.out_proj", "never ran as a module on the calibration data") in p.unsupported
+    for steps in ({"adaquant": True, "adaquant_iters": 5}, {"adaround": True, "adaround_iters": 5}):
+        q = p.quantize(_cfg(**steps), "simulate")
+        method = next(iter(steps))
+        done = [r["name"] for r in q.calibration_log[method]["layers"]]
+        assert "attn.out_proj" not in done and {"embed", "head"} <= set(done), done
+
+
 def test_gptq_fused_bias_correction_is_checked_too(cnn):
     model, data = cnn
     p = prepare(model, data)

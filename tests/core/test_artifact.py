@@ -62,3 +62,22 @@ def test_smoothing_scales_are_saved_and_loaded(convnet, image_batches, tmp_path)
     for name, m in q2.quantized_layers().items():
         assert torch.equal(m.input_smoothing, scales[name])
     assert torch.equal(expected, q2(image_batches[0]))
+
+
+def test_biases_added_by_bias_correction_are_saved_and_loaded(image_batches, tmp_path):
+    import copy
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(image_batches[0].shape[1], 8, 3, padding=1, bias=False), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4, bias=False),
+    ).eval()
+    fresh = copy.deepcopy(model)
+    q = quantune.quantize(model, None, image_batches)
+    for layer in q.quantized_layers().values():  # what bias correction does to a bias-less layer
+        layer.bias = torch.nn.Parameter(torch.randn(layer.weight.shape[0]))
+    expected = q(image_batches[0])
+    quantune.save(q, tmp_path / "art", include_module=False)
+    q2 = quantune.load(tmp_path / "art", model=fresh)
+    assert all(m.bias is not None for m in q2.quantized_layers().values())
+    assert torch.equal(expected, q2(image_batches[0]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from quantune.config import ActQuant, LayerQuantConfig, WeightQuant
@@ -28,6 +29,10 @@ MODULES = [
     lambda: nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8),
     lambda: nn.Conv2d(4, 6, 3, padding="same", dilation=2),
     lambda: nn.Conv1d(5, 7, 3, padding=1),
+    lambda: nn.Conv2d(6, 10, 3, padding=(1, 2), padding_mode="reflect"),
+    lambda: nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8, padding_mode="replicate"),
+    lambda: nn.Conv2d(4, 6, 3, padding="same", dilation=2, padding_mode="circular"),
+    lambda: nn.Conv1d(5, 7, 5, padding=2, padding_mode="reflect"),
 ]
 INPUTS = {nn.Linear: (3, 5, 37), nn.Conv2d: (2, None, 9, 9), nn.Conv1d: (2, 5, 13)}
 
@@ -73,6 +78,25 @@ def test_integer_accumulators_equal_reference_on_the_fast_backend():
     y = q._run_integer(qx, float(q.a_scale), zx, qw, torch.float32)
     expect = reference.apply_epilogue(acc, float(q.a_scale), qw, q.bias, None, 1)
     torch.testing.assert_close(y, expect, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_non_zero_padding_modes_pad_the_codes_as_the_float_layer_pads(mode):
+    conv = nn.Conv2d(6, 10, 3, padding=2, dilation=2, padding_mode=mode)
+    q = _layer(conv)
+    x = torch.randn(2, 6, 9, 11)
+    q.mode = "float"  # the quantized layer's float op is the module's own
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), conv(x), rtol=1e-5, atol=1e-5)
+    # The integer path: the mode's padding of the input codes, then an unpadded conv.
+    qx, zx = q.quantize_input_u8(x)
+    qw, sx = q.quantized_weight(), float(q.a_scale)
+    acc = reference.conv2d_accumulate(F.pad(qx, (2, 2, 2, 2), mode=mode), zx, qw, (1, 1), (0, 0), (2, 2), 1)
+    got = q._run_integer(qx, sx, zx, qw, torch.float32)
+    torch.testing.assert_close(got, reference.apply_epilogue(acc, sx, qw, q.bias, None, 1), rtol=1e-5, atol=1e-5)
+    zero_padded = reference.conv2d_accumulate(qx, zx, qw, (1, 1), (2, 2), (2, 2), 1)
+    assert not torch.allclose(got, reference.apply_epilogue(zero_padded, sx, qw, q.bias, None, 1), atol=1e-3)
+    q.prepack()  # a minimal input must be large enough for the mode's padding
 
 
 def test_switching_to_integer_prepacks():
