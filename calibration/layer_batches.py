@@ -101,6 +101,7 @@ def layer_forward(layer: QuantizedLayer, x: torch.Tensor, w: torch.Tensor, b: to
 
     ``padding`` overrides the layer's padding, for inputs the caller has padded already.
     """
+    x = x.to(w.dtype)  # samples of a bf16 / fp16 model meet the float32 weights
     if layer.kind == "linear":
         return F.linear(x, w, b)
     conv = F.conv2d if layer.kind == "conv2d" else F.conv1d

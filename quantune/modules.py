@@ -34,6 +34,9 @@ from quantune.quantizer import fake_quantize, qrange, quantize, symmetric_qrange
 MODES = ("float", "simulate", "integer")
 
 
+#: Activation dtypes that simulation and float mode compute in float32.
+LOW_PRECISION_FLOATS = (torch.bfloat16, torch.float16)
+
 def weight_qrange(spec: WeightQuant) -> tuple[int, int]:
     """Integer range of weight codes (always signed, so codes fit int8)."""
     return symmetric_qrange(spec.bits) if spec.symmetric else qrange(spec.bits, signed=True)
@@ -233,6 +236,11 @@ class QuantizedLayer(nn.Module):
         return conv(self.pad_input(x), w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in LOW_PRECISION_FLOATS and not (self.mode == "integer" and self.a_qrange is not None):
+            # A bf16 / fp16 model: its activations are quantized and multiplied in float32
+            # (rounding x / s in 8 significant bits would move codes), the output handed
+            # back in the model's dtype. The integer path takes bf16 as it is.
+            return self.forward(x.float()).to(x.dtype)
         if self.mode == "float":
             return self._float_op(self.smooth_input(x), self.weight)
         if self.mode == "simulate" or self.a_qrange is None:
@@ -306,7 +314,11 @@ class QuantizedLayer(nn.Module):
         return self._float_w_cache[1]
 
     def _integer_forward(self, x: torch.Tensor) -> torch.Tensor:
-        out_dtype = x.dtype if x.dtype in (torch.float32, torch.bfloat16) else torch.float32
+        if x.dtype == torch.uint8:  # a chained producer's codes: answer in the dtype the
+            out_dtype = getattr(self, "_float_dtype", torch.float32)  # float input had
+        else:
+            out_dtype = x.dtype if x.dtype in (torch.float32, torch.bfloat16) else torch.float32
+            self._float_dtype = out_dtype
         qw = self.quantized_weight()
         sx = self._act_params()[0]
         if self.integer_decision is None:
@@ -316,7 +328,7 @@ class QuantizedLayer(nn.Module):
         if self.integer_decision.path == "float" and not chained_in:
             # Measured faster: the simulated computation in float (same codes, float
             # accumulation), for a layer too small for the integer kernel to pay off.
-            y = self._float_op(self.fake_quant_input(x), self._float_weight()).to(out_dtype)
+            y = self._float_op(self.fake_quant_input(x.float()), self._float_weight()).to(out_dtype)
             y = apply_activation(y, activation, inplace=True)
         else:
             qx, zx = (x, self._act_params()[1]) if chained_in else self.quantize_input_u8(x)
@@ -366,7 +378,7 @@ class QuantizedLayer(nn.Module):
         with torch.no_grad():
             decision = measure_paths(
                 lambda: self._run_integer(self.quantize_input_u8(x)[0], sx, zx, qw, out_dtype),
-                lambda: self._float_op(self.fake_quant_input(x), self._float_weight()),
+                lambda: self._float_op(self.fake_quant_input(x.float()), self._float_weight()),
                 backend,
             )
         DECISION_CACHE[geometry] = decision

@@ -121,3 +121,30 @@ def test_unsupported_layer_kept_float_with_warning():
     with pytest.warns(UserWarning, match="ConvTranspose2d"):
         q = quantune.quantize(m, None, [torch.randn(2, 1, 6, 6)])
     assert q.unsupported == [("2", "ConvTranspose2d")]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_models_quantize_and_calibrate_in_float32(dtype):
+    from quantune.config import CalibrationProcedure
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    low = model.to(dtype)
+    data = [torch.randn(4, 3, 10, 10).to(dtype) for _ in range(3)]
+    config = QuantConfig(procedure=CalibrationProcedure(adaquant=True, adaquant_iters=5, bias_correction=True))
+    q = quantune.quantize(low, config, data, mode="simulate")
+    with torch.no_grad():
+        y, ref = q(data[0]), low(data[0])
+        assert y.dtype == dtype
+        assert torch.nn.functional.cosine_similarity(y.float().flatten(), ref.float().flatten(), dim=0) > 0.99
+        # Simulation quantizes in float32: the same codes as a float32 copy of the input.
+        layer = q.quantized_layers()["0"]
+        torch.testing.assert_close(layer(data[0]).float(), layer(data[0].float()), rtol=1e-2, atol=1e-2)
+        if dtype == torch.bfloat16:
+            q.set_mode("integer")
+            q(data[0])  # the first call observes the data flow and chains layer 0 into layer 2
+            assert any(m.chain_target is not None for m in q.quantized_layers().values())
+            y = q(data[0])
+            assert y.dtype == dtype  # also through chained uint8 codes
+            assert torch.nn.functional.cosine_similarity(y.float().flatten(), ref.float().flatten(), dim=0) > 0.99
