@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import pickle
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ FORMAT_VERSION = 1
 META = "quantune.json"
 STATE = "state.pt"
 MODULE = "module.pt"
+EXPORTED = "float_program.pt2"  # the torch.export program the float model came from
 _CODES_SUFFIX = ".weight_codes"
 
 
@@ -76,6 +79,7 @@ def save(
     *,
     factory: str | None = None,
     include_module: bool | None = None,
+    exported_program: str | Path | None = None,
 ) -> Path:
     """Save a quantized model as an artifact folder (written atomically).
 
@@ -84,15 +88,20 @@ def save(
         path: destination folder (replaced if it exists).
         factory: ``"pkg.module:function"`` that builds the float architecture; lets
             :func:`load` rebuild the model without unpickling anything.
-        include_module: also store the pickled module (default: only when no factory).
+        include_module: also store the pickled module (default: only when neither a
+            factory nor an exported program can rebuild it). A module that cannot be
+            pickled is left out with a warning.
+        exported_program: the ``torch.export`` file (``.pt2``) the model was loaded from;
+            copied into the artifact, it rebuilds the architecture without unpickling.
     """
     path = Path(path)
     if include_module is None:
-        include_module = factory is None
+        include_module = factory is None and exported_program is None
     meta = {
         "format_version": FORMAT_VERSION,
         "config": qmodel.config.to_dict(),
         "factory": factory,
+        "exported_program": EXPORTED if exported_program is not None else None,
         "bn_pairs": [list(p) for p in qmodel.bn_pairs],
         "quantized": sorted(qmodel.quantized_layers()),
         "layers": [info.to_dict() for info in qmodel.layers],
@@ -112,8 +121,10 @@ def save(
     try:
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
         torch.save(_state_with_codes(qmodel), tmp / STATE)
+        if exported_program is not None:
+            shutil.copyfile(exported_program, tmp / EXPORTED)
         if include_module:
-            torch.save(qmodel, tmp / MODULE)
+            _save_module(qmodel, tmp / MODULE)
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)
@@ -121,6 +132,18 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _save_module(qmodel: QuantizedModel, file: Path) -> None:
+    try:
+        torch.save(qmodel, file)
+    except (AttributeError, TypeError, pickle.PicklingError) as exc:  # local functions, locks, ...
+        file.unlink(missing_ok=True)
+        warnings.warn(
+            f"The quantized model cannot be pickled ({exc}); the artifact holds its weights "
+            "only: load it with quantune.load(path, model=<the float model>) or a factory.",
+            stacklevel=3,
+        )
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -154,6 +177,10 @@ def load(
     meta = _read_meta(path)
     config = QuantConfig.from_dict(meta["config"])
     factory = factory or meta.get("factory")
+    if model is None and factory is None and meta.get("exported_program"):
+        from quantune.exported import modules_from_exported
+
+        model = modules_from_exported(torch.export.load(str(path / meta["exported_program"])).module())
     if model is None and factory is None:
         if not (path / MODULE).is_file():
             raise UserInputError(f"{path} records no factory and holds no module; pass model=... to load().")

@@ -151,13 +151,17 @@ def run_checked(model: nn.Module, batch: Any, index: int = 0) -> Any:
     """``run_model`` that turns a shape/dtype failure into an error naming the expected input."""
     try:
         return run_model(model, batch)
-    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+    except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
         if isinstance(exc, UserInputError):
             raise
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hint = (" The model is a torch.export program traced with static shapes: export it with "
+                "dynamic_shapes (e.g. {0: torch.export.Dim('batch')}) or give batches of the traced "
+                "shape." if "Guard failed" in message else "")
         raise UserInputError(
             f"The model failed on calibration batch {index} of shape "
-            f"{describe_batch(batch)}: {str(exc).splitlines()[0]}. "
-            f"It expects input of shape {describe_expected_input(model)}."
+            f"{describe_batch(batch)}: {message}. "
+            f"It expects input of shape {describe_expected_input(model)}.{hint}"
         ) from exc
 
 

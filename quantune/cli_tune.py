@@ -168,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # refused before anything was written: leave no empty --out behind
         raise
-    written = result.save(str(out), factory=factory)
+    exported = args.model if args.model and str(args.model).endswith(".pt2") and Path(args.model).is_file() else None
+    written = result.save(str(out), factory=factory, exported_program=exported)
     print(trials_table(result, limit=None if args.debug else 15))
     print()
     print(summary_table(result))

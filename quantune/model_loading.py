@@ -75,7 +75,9 @@ def load_model(
             program = torch.export.load(str(path))
         except Exception as exc:
             raise UserInputError(f"{path} is not a readable torch.export program: {exc}.") from exc
-        return LoadedModel(program.module(), str(path))
+        from quantune.exported import modules_from_exported
+
+        return LoadedModel(modules_from_exported(program.module()), str(path))
     return _from_torch_file(path, model_factory, trust_remote_code)
 
 

@@ -174,7 +174,8 @@ def markdown_report(result: TuneResult, report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(result: TuneResult, out_dir: str | Path, *, factory: str | None = None) -> dict[str, str]:
+def write_outputs(result: TuneResult, out_dir: str | Path, *, factory: str | None = None,
+                  exported_program: str | Path | None = None) -> dict[str, str]:
     """Write the output folder atomically: files appear only once all are complete.
 
     Contents: ``model/`` (artifact for :func:`quantune.load`), ``config.json``,
@@ -190,7 +191,7 @@ def write_outputs(result: TuneResult, out_dir: str | Path, *, factory: str | Non
     written: dict[str, str] = {}
     try:
         report = build_report(result)
-        save(result.model, tmp / "model", factory=factory)
+        save(result.model, tmp / "model", factory=factory, exported_program=exported_program)
         result.config.save(tmp / "config.json")
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         (tmp / "report.md").write_text(markdown_report(result, report))

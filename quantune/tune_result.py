@@ -91,8 +91,9 @@ class TuneResult:
 
         return build_report(self)
 
-    def save(self, out_dir: str, *, factory: str | None = None) -> dict[str, str]:
+    def save(self, out_dir: str, *, factory: str | None = None,
+             exported_program: str | None = None) -> dict[str, str]:
         """Write model, config, reports and plots into ``out_dir`` (see :func:`quantune.report.write_outputs`)."""
         from quantune.report import write_outputs
 
-        return write_outputs(self, out_dir, factory=factory)
+        return write_outputs(self, out_dir, factory=factory, exported_program=exported_program)
