@@ -195,7 +195,7 @@ def collect_layer_samples(
                 ys[i], ids[i] = pick(as_rows(float_layer.forward(x), kind), i), pick(row_ids, i)
             if i in ys:
                 xs[i] = pick(as_rows(x, kind), i)
-    keys = [i for i in sorted(ys) if i in xs]
+    keys = _largest_same_shape_group([i for i in sorted(ys) if i in xs], xs, ys)
     if not keys:
         return None
     weight = None
@@ -204,6 +204,19 @@ def collect_layer_samples(
         weight = fisher_weights(torch.cat([grads[i] if i in grads else torch.zeros_like(ys[i]) for i in keys]))
     return LayerSamples(torch.cat([xs[i] for i in keys]), torch.cat([ys[i] for i in keys]),
                         torch.cat([ids[i] for i in keys]), weight)
+
+
+def _largest_same_shape_group(keys: list[int], xs: dict[int, torch.Tensor], ys: dict[int, torch.Tensor]) -> list[int]:
+    """The batches whose samples can be stacked with the most others.
+
+    Feature maps of images of different sizes cannot be stacked into one tensor; the
+    layer-wise steps then learn from the size that holds the most samples, and the
+    other sizes still count in every statistic and in the evaluation.
+    """
+    groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
+    for i in keys:
+        groups.setdefault((tuple(xs[i].shape[1:]), tuple(ys[i].shape[1:])), []).append(i)
+    return max(groups.values(), key=lambda g: sum(int(xs[i].shape[0]) for i in g), default=[])
 
 
 def bytes_per_row(in_shape: tuple[int, ...], out_shape: tuple[int, ...], kind: str, targets: int = 1) -> int:

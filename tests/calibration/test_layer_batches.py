@@ -122,3 +122,15 @@ def test_split_without_holdout_or_with_too_few_samples_checks_the_training_rows(
         split = split_rows(linear, samples, share, torch.Generator().manual_seed(0))
         assert not split.held_out and len(split.fit) == len(samples)
         assert set(split.check.tolist()) <= set(split.fit.tolist())
+
+
+def test_samples_of_mixed_image_sizes_keep_the_size_with_the_most_samples():
+    from quantune.calibration.layer_io import collect_layer_samples
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)).eval()
+    batches = [torch.randn(2, 3, 8, 8), torch.randn(3, 3, 10, 12), torch.randn(4, 3, 10, 12), torch.randn(4, 3, 8, 8)]
+    samples = collect_layer_samples(model, model, "2", "conv2d", batches, RowSelector(1.0, 0, 0))
+    assert samples is not None
+    assert samples.x.shape == (7, 4, 10, 12) and samples.y.shape == (7, 4, 10, 12)
+    assert samples.sample_ids.tolist() == [2, 3, 4, 5, 6, 7, 8]  # the 10x12 images, in order
