@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantune.batches import batch_size, run_model
+from quantune.batches import batch_size, largest_same_shape_batches, run_model
 from quantune.calibration.adaround import (
     AdaRoundResult,
     WeightRounding,
@@ -130,6 +130,9 @@ def collect_block_samples(float_model: nn.Module, input_model: nn.Module, name: 
     Raises:
         BlockNotReplayable: the block's call is not one batch tensor in and a tensor out.
     """
+    # Blocks' activations of inputs of different sizes cannot be stacked: learn from the
+    # size that holds the most samples.
+    batches = largest_same_shape_batches(batches)
     kwargs: dict[str, Any] = {}
     first = _capture(input_model, name, batches[:1], None, True, kwargs)
     if not first:

@@ -48,6 +48,23 @@ def run_model(model: nn.Module, batch: Any) -> Any:
         return model(inputs)
 
 
+def sample_shape(batch: Any) -> tuple[Any, ...]:
+    """Per-sample shape of a batch's inputs (of every tensor, for keyword inputs)."""
+    inputs = model_inputs(batch)
+    if isinstance(inputs, dict):
+        return tuple((k, tuple(v.shape[1:])) for k, v in inputs.items() if torch.is_tensor(v))
+    return tuple(inputs.shape[1:]) if torch.is_tensor(inputs) else ()
+
+
+def largest_same_shape_batches(batches: list[Any]) -> list[Any]:
+    """The batches of the per-sample input shape that holds the most samples (in order):
+    what can be stacked into one tensor when images (or sequences) come in several sizes."""
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for batch in batches:
+        groups.setdefault(sample_shape(batch), []).append(batch)
+    return max(groups.values(), key=lambda g: sum(batch_size(b) for b in g), default=[])
+
+
 def batch_size(batch: Any) -> int:
     """Number of samples in a batch (first dimension of its first tensor)."""
     inputs = model_inputs(batch)

@@ -218,3 +218,14 @@ def test_search_value_block_selects_block_reconstruction():
     assert ptq_space({"adaround": (False, "block")}).size == 2
     with pytest.raises(UserInputError, match="block"):
         ptq_space({"adaround": ("blocks",)})
+
+
+def test_block_samples_of_mixed_image_sizes_keep_the_size_with_the_most_samples():
+    from quantune.batches import largest_same_shape_batches
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())).eval()
+    batches = [torch.randn(2, 3, 8, 8), torch.randn(3, 3, 10, 12), torch.randn(4, 3, 10, 12), (torch.randn(4, 3, 8, 8), None)]
+    assert [b.shape[0] for b in largest_same_shape_batches(batches)] == [3, 4]
+    samples = collect_block_samples(model, model, "1", batches, cache_bytes=1 << 30, seed=0, float_target=True)
+    assert samples is not None and samples.x.shape == (7, 4, 10, 12) and samples.y.shape == (7, 4, 10, 12)
