@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from quantune.batches import batch_size, run_model
+from quantune.batches import batch_size, largest_group, run_model
 from quantune.calibration.fisher import fisher_weights, output_gradients
 from quantune.token_mask import real_token_samples, real_tokens
 
@@ -213,10 +213,8 @@ def _largest_same_shape_group(keys: list[int], xs: dict[int, torch.Tensor], ys: 
     layer-wise steps then learn from the size that holds the most samples, and the
     other sizes still count in every statistic and in the evaluation.
     """
-    groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
-    for i in keys:
-        groups.setdefault((tuple(xs[i].shape[1:]), tuple(ys[i].shape[1:])), []).append(i)
-    return max(groups.values(), key=lambda g: sum(int(xs[i].shape[0]) for i in g), default=[])
+    return largest_group(keys, lambda i: (tuple(xs[i].shape[1:]), tuple(ys[i].shape[1:])),
+                         lambda i: int(xs[i].shape[0]))
 
 
 def bytes_per_row(in_shape: tuple[int, ...], out_shape: tuple[int, ...], kind: str, targets: int = 1) -> int:

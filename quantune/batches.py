@@ -9,14 +9,16 @@ A batch is one of:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from quantune.errors import UserInputError
 from quantune.token_mask import active_token_mask
+
+T = TypeVar("T")
 
 
 def model_inputs(batch: Any) -> Any:
@@ -56,13 +58,18 @@ def sample_shape(batch: Any) -> tuple[Any, ...]:
     return tuple(inputs.shape[1:]) if torch.is_tensor(inputs) else ()
 
 
+def largest_group(items: Iterable[T], key: Callable[[T], Hashable], weight: Callable[[T], int]) -> list[T]:
+    """The items sharing the ``key`` of the largest summed ``weight``, in their order."""
+    groups: dict[Hashable, list[T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return max(groups.values(), key=lambda group: sum(weight(i) for i in group), default=[])
+
+
 def largest_same_shape_batches(batches: list[Any]) -> list[Any]:
     """The batches of the per-sample input shape that holds the most samples (in order):
     what can be stacked into one tensor when images (or sequences) come in several sizes."""
-    groups: dict[tuple[Any, ...], list[Any]] = {}
-    for batch in batches:
-        groups.setdefault(sample_shape(batch), []).append(batch)
-    return max(groups.values(), key=lambda g: sum(batch_size(b) for b in g), default=[])
+    return largest_group(batches, sample_shape, batch_size)
 
 
 def batch_size(batch: Any) -> int:

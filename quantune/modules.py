@@ -37,6 +37,7 @@ MODES = ("float", "simulate", "integer")
 #: Activation dtypes that simulation and float mode compute in float32.
 LOW_PRECISION_FLOATS = (torch.bfloat16, torch.float16)
 
+
 def weight_qrange(spec: WeightQuant) -> tuple[int, int]:
     """Integer range of weight codes (always signed, so codes fit int8)."""
     return symmetric_qrange(spec.bits) if spec.symmetric else qrange(spec.bits, signed=True)
@@ -102,6 +103,9 @@ class QuantizedLayer(nn.Module):
         #: How integer mode runs this layer (path, backend, measured latencies), set
         #: on the first integer forward; readable for reports.
         self.integer_decision: PathDecision | None = None
+        #: Output dtype of integer mode, from the last float input (a chained consumer
+        #: receives uint8 codes and answers in it).
+        self._float_dtype = torch.float32
         #: Activation applied in the integer epilogue (set by activation fusion).
         self.fused_activation: str | None = None
         #: ``(consumer layer, safe under inference_mode)``: requantize the output to the
