@@ -103,8 +103,8 @@ class QuantizedLayer(nn.Module):
         #: How integer mode runs this layer (path, backend, measured latencies), set
         #: on the first integer forward; readable for reports.
         self.integer_decision: PathDecision | None = None
-        #: Output dtype of integer mode, from the last float input (a chained consumer
-        #: receives uint8 codes and answers in it).
+        #: The model's float dtype in integer mode, from the last float input (a chained
+        #: consumer receives uint8 codes and answers in it).
         self._float_dtype = torch.float32
         #: Activation applied in the integer epilogue (set by activation fusion).
         self.fused_activation: str | None = None
@@ -319,10 +319,12 @@ class QuantizedLayer(nn.Module):
 
     def _integer_forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:  # a chained producer's codes: answer in the dtype the
-            out_dtype = getattr(self, "_float_dtype", torch.float32)  # float input had
+            model_dtype = getattr(self, "_float_dtype", torch.float32)  # float input had
         else:
-            out_dtype = x.dtype if x.dtype in (torch.float32, torch.bfloat16) else torch.float32
-            self._float_dtype = out_dtype
+            model_dtype = x.dtype if x.is_floating_point() else torch.float32
+            self._float_dtype = model_dtype
+        # The kernels write float32 or bf16; an fp16 model gets float32 cast at the end.
+        out_dtype = model_dtype if model_dtype in (torch.float32, torch.bfloat16) else torch.float32
         qw = self.quantized_weight()
         sx = self._act_params()[0]
         if self.integer_decision is None:
@@ -343,6 +345,8 @@ class QuantizedLayer(nn.Module):
                                out_zp)
             else:
                 y = self._run_integer(qx, sx, zx, qw, out_dtype, activation)
+        if y.is_floating_point() and y.dtype != model_dtype:
+            y = y.to(model_dtype)
         if activation is not None:
             mark_activated(y, activation)
         return y
