@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -64,6 +65,25 @@ def _default_metric(eval_batches: Sequence[Any]) -> str:
     from quantune.batches import batch_labels
 
     return "top1" if eval_batches and batch_labels(eval_batches[0]) is not None else "fidelity"
+
+
+def _edges_within_budget(
+    bits: BitPolicy, a_values: Sequence[int], dimensions: Mapping[str, Sequence[Any]] | None,
+    defaults: dict[str, tuple[Any, ...]],
+) -> tuple[Mapping[str, Sequence[Any]] | None, dict[str, tuple[Any, ...]]]:
+    """``(dimensions, defaults)`` without 8-bit first and last layers when the budget cannot
+    hold them (a small model: two 8-bit layers of four already average above 4.5 bits);
+    every such trial would fail. Raises the allocator's error when the user asked for them."""
+    if all(bits.edges_fit(a) for a in a_values):
+        return dimensions, defaults
+    asked = tuple((dimensions or {}).get("first_last_8bit", ()))
+    if asked == (True,):
+        bits.allocate("ilp", a_values[0], pins=bits.edge_pins(a_values[0]))  # raises, naming the bound
+    warnings.warn("The bit budget cannot keep the first and last layer at 8 bits: searching "
+                  "allocations that may quantize them lower.", stacklevel=3)
+    if dimensions is not None:
+        return {**dimensions, "first_last_8bit": (False,)}, defaults
+    return None, {**defaults, "first_last_8bit": (False,)}
 
 
 def tune(
@@ -165,7 +185,7 @@ def tune(
         trial_latency = "latency" in objectives or sum(i.macs for i in prepared.layers) < SMALL_MODEL_MACS
     if "latency" in objectives and not (trial_latency and latency_batch is not None):
         raise UserInputError("The latency objective needs evaluation batches to time the models on.")
-    space = ptq_space(dimensions, bit_budget=bit_budget is not None, defaults=default_dimensions(prepared.layers))
+    defaults = default_dimensions(prepared.layers)
     bits = (
         BitPolicy(prepared, bit_budget, storage=storage if isinstance(storage, str) else None,
                   seed=seed, show_progress=show_progress)
@@ -174,8 +194,11 @@ def tune(
     if bits is not None:
         # Measure before the search (not inside a timed trial) and refuse an impossible
         # budget now, naming the binding constraint, rather than failing every trial.
-        for a_bits in sorted({int(v) for v in (dimensions or {}).get("a_bits", (DEFAULTS["a_bits"],))}):
+        a_values = sorted({int(v) for v in (dimensions or {}).get("a_bits", (DEFAULTS["a_bits"],))})
+        for a_bits in a_values:
             bits.allocate("ilp", a_bits)
+        dimensions, defaults = _edges_within_budget(bits, a_values, dimensions, defaults)
+    space = ptq_space(dimensions, bit_budget=bit_budget is not None, defaults=defaults)
     partial = eval_fn is None and len(eval_batches) >= 4
 
     def objective(point: dict[str, Any], handle: Any) -> float | tuple[float, ...]:

@@ -10,7 +10,8 @@ budget by
 - ``uniform``: one width everywhere, first and last layer 8 bits, the highest that fits.
 
 so every trial of the search meets the budget, and the search chooses the policy together
-with the range methods, granularity and calibration procedure. The sensitivity table is
+with the range methods, granularity and calibration procedure. A budget too tight for
+8-bit first and last layers (a small model) searches without them, with a warning. The sensitivity table is
 measured once per activation width and weight scheme (lazily, at the first point that
 needs it) and cached
 in the study storage, so a resumed search or a second worker measures nothing.
@@ -132,13 +133,25 @@ class BitPolicy:
         """
         from quantune.search.allocation_apply import apply_allocation
 
-        names = self.prepared.layer_names
-        pins: dict[str, Any] = {}
-        if edges_8bit and names:
-            pins = {name: (8, a_bits) for name in {names[0], names[-1]} if name not in keep_float}
+        pins = self.edge_pins(a_bits, keep_float) if edges_8bit else {}
         weight = base.default.weight if base.default is not None else None
         allocation = self.allocate(policy, a_bits, pins=pins, keep_float=keep_float, weight=weight)
         return apply_allocation(allocation, base)
+
+    def edge_pins(self, a_bits: int, keep_float: Sequence[str] = ()) -> dict[str, Any]:
+        """The first and last quantizable layer pinned to 8-bit weights."""
+        names = self.prepared.layer_names
+        return {name: (8, a_bits) for name in {names[0], names[-1]} if name not in keep_float} if names else {}
+
+    def edges_fit(self, a_bits: int) -> bool:
+        """Whether the budget can be met with the first and last layer at 8 bits."""
+        from quantune.search.allocation_types import AllocationInfeasibleError
+
+        try:
+            self.allocate("ilp", a_bits, pins=self.edge_pins(a_bits))
+        except AllocationInfeasibleError:
+            return False
+        return True
 
 
 __all__ = ["BIT_POLICIES", "DEFAULT_BUDGET_POLICIES", "BitPolicy"]

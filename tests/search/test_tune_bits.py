@@ -109,3 +109,20 @@ def test_sensitivities_are_measured_with_the_points_weight_scheme(example) -> No
     # MSE-clipped 2-bit weights lose less than min/max ones on some layers: the tables differ.
     assert any(mse.value(n, 2, 8) < minmax.value(n, 2, 8) for n in names)
     assert mse.values != minmax.values
+
+
+def test_budget_below_8bit_edges_searches_without_them(example) -> None:
+    model, calib, evals, prepared = example
+    sizes = [info.weight_elements for info in prepared.layers]
+    edges = sizes[0] + sizes[-1]
+    lowest_with_edges = (8 * edges + 2 * (sum(sizes) - edges)) / sum(sizes)
+    budget = (2 + lowest_with_edges) / 2  # feasible, but not with 8-bit first and last layers
+    assert lowest_with_edges > budget
+    with pytest.warns(UserWarning, match="first and last layer at 8 bits"):
+        result = tune(model, calib, evals, dimensions={"a_method": ("minmax",)}, bit_budget=f"avg-bits={budget}",
+                      strategy="random", trials=3, prepared=prepared, show_progress=False, measure_latency=False)
+    assert all(t.state == "COMPLETE" for t in result.trials), [t.to_dict() for t in result.trials]
+    assert _avg_weight_bits(prepared, result.config) <= budget + 1e-9
+    with pytest.raises(AllocationInfeasibleError, match="avg"):  # asked for explicitly: refused, named
+        tune(model, calib, evals, dimensions={"first_last_8bit": (True,)}, bit_budget=f"avg-bits={budget}",
+             trials=2, prepared=prepared, show_progress=False, measure_latency=False)
