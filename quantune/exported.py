@@ -18,12 +18,13 @@ from torch import fx, nn
 
 aten = torch.ops.aten
 
-# aten overload -> (module type per spatial rank, positional names after input/weight/bias)
+# Positional arguments of aten.conv{1,2}d after (input, weight, bias), and their defaults.
 _CONV_ARGS = ("stride", "padding", "dilation", "groups")
 _CONV_DEFAULTS: dict[str, Any] = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
 
 
 def _conv_targets() -> dict[Any, type[nn.Module]]:
+    """aten convolution overload -> the module that computes it."""
     return {
         aten.conv1d.default: nn.Conv1d,
         aten.conv1d.padding: nn.Conv1d,
