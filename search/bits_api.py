@@ -190,6 +190,11 @@ def allocate_bits(
         if calib_data is None:
             raise UserInputError("allocate_bits needs calibration data (an iterable of batches)")
         prepared = prepare(model, calib_data, show_progress=options.show_progress)
+    kept_float = dict(prepared.unsupported)
+    for name in list(pins or {}) + [n for g in options.groups for n in g]:
+        if name in kept_float:  # before measuring: say why, not just "matches no layer"
+            raise UserInputError(f"{name!r} is kept float ({kept_float[name]}); it has no bit width "
+                                 "to pin or group: leave it out.")
     table = measure_sensitivity(
         prepared, candidates=options.candidates, proxy=options.proxy, loss=options.loss,
         base_config=options.base_config, max_samples=options.max_samples, seed=options.seed,

@@ -138,3 +138,28 @@ def test_refine_measures_nothing_when_the_budget_admits_one_allocation(example, 
     only = allocate_bits(prepared, budget="avg-bits=2", pins=pins, options=options)
     assert not called and "refine" not in only.measurement
     assert {w for w, _ in only.bits.values()} == {2}
+
+
+def test_pinning_a_layer_kept_float_says_why() -> None:
+    import torch
+    from torch import nn
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(6, 8)
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = self.embed(x)
+            return self.head(self.attn(t, t, t)[0].mean(1))
+
+    torch.manual_seed(0)
+    data = [torch.randn(4, 5, 6) for _ in range(2)]
+    with pytest.warns(UserWarning, match="never ran"):
+        prepared = prepare(Attention().eval(), data, show_progress=False)
+    with pytest.raises(UserInputError, match="kept float .never ran as a module"):
+        allocate_bits(prepared, None, budget="avg-bits=6", pins={"attn.out_proj": 8})
+    with pytest.raises(UserInputError, match="kept float"):
+        allocate_bits(prepared, None, budget="avg-bits=6", options=AllocationOptions(groups=(("embed", "attn.out_proj"),)))
