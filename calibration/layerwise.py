@@ -112,6 +112,7 @@ def calibrate_layer(
                                     procedure.layerwise_float_target, fisher=fisher)
     if samples is None:
         return None, 0.0
+    release_free_memory()  # the passes' freed activations, before the step allocates (quantune.memory)
     started = time.perf_counter()
     deadline = None if seconds is None else started + seconds
     res = step(li.name, layer, samples, seed=procedure.seed * 7919 + index, deadline=deadline)

@@ -2,12 +2,13 @@
 
 Pairs are found at run time: a BatchNorm is folded into layer L when, during one
 forward pass, the tensor the BatchNorm receives is the very tensor object L returned,
-and each ran exactly once. This needs no graph tracing, so it works on any model,
+unmodified (no in-place op in between), and each ran exactly once. This needs no graph tracing, so it works on any model,
 and it never folds a BatchNorm that reads a sum, a concatenation or a shared output.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -22,25 +23,30 @@ _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 def find_bn_pairs(model: nn.Module, run: Callable[[], Any]) -> list[tuple[str, str]]:
     """``(layer_name, bn_name)`` pairs foldable in ``model``, observed during ``run()``."""
     modules = dict(model.named_modules())
-    producers: dict[int, str] = {}
+    # id(output) -> (weak reference to it, producing layer). Weak: keeping every output
+    # alive to keep ids unique held a whole forward pass's activations at once (hundreds
+    # of MB for EfficientNet-Lite0 at batch 8); a dead tensor's reused id now fails the
+    # identity check instead.
+    # The version counter catches an in-place op in between (conv -> ReLU(inplace=True)
+    # -> BatchNorm hands the BatchNorm the very same object, but not the conv's output).
+    producers: dict[int, tuple[weakref.ref[torch.Tensor], int, str]] = {}
     calls: dict[str, int] = {}
-    consumed: dict[str, int] = {}  # bn name -> id of its input
-    keep_alive: list[torch.Tensor] = []  # ids stay unique while the tensors live
+    consumed: dict[str, str | None] = {}  # bn name -> the layer whose output it received
 
     def layer_hook(name: str) -> Callable[..., None]:
         def fn(mod: nn.Module, inputs: tuple[Any, ...], out: Any) -> None:
             calls[name] = calls.get(name, 0) + 1
             if isinstance(out, torch.Tensor):
-                producers[id(out)] = name
-                keep_alive.append(out)
+                producers[id(out)] = (weakref.ref(out), out._version, name)
 
         return fn
 
     def bn_hook(name: str) -> Callable[..., None]:
         def fn(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
             calls[name] = calls.get(name, 0) + 1
-            consumed[name] = id(inputs[0])
-            keep_alive.append(inputs[0])  # a freed input's id could be reused by a later output
+            x = inputs[0]
+            ref, version, layer = producers.get(id(x), (None, -1, None))
+            consumed[name] = layer if ref is not None and ref() is x and x._version == version else None
 
         return fn
 
@@ -57,8 +63,7 @@ def find_bn_pairs(model: nn.Module, run: Callable[[], Any]) -> list[tuple[str, s
         for h in handles:
             h.remove()
     pairs = []
-    for bn_name, tid in consumed.items():
-        layer = producers.get(tid)
+    for bn_name, layer in consumed.items():
         if layer is None or calls.get(layer) != 1 or calls.get(bn_name) != 1:
             continue
         lm, bm = modules[layer], modules[bn_name]

@@ -128,5 +128,11 @@ def fake_quantize(
     """
     s = _broadcast(scale, x, axis)
     z = _broadcast(zero_point, x, axis).to(x.dtype)
-    q = torch.clamp(round_ste(x / s) + z, qmin, qmax)
-    return (q - z) * s
+    if torch.is_grad_enabled() and (x.requires_grad or s.requires_grad):
+        q = torch.clamp(round_ste(x / s) + z, qmin, qmax)
+        return (q - z) * s
+    # Without autograd the same steps run in place on one buffer: the chain above holds two
+    # activation-sized temporaries at a time and allocates six (simulated quantized forward
+    # passes during calibration were dominated by them, and the churn fragments the heap).
+    q = x / s
+    return q.round_().add_(z).clamp_(qmin, qmax).sub_(z).mul_(s)

@@ -1,9 +1,12 @@
-"""Streaming histogram: bounded memory, merge, quantiles."""
+"""Streaming histogram: bounded memory, merge, quantiles; per-channel maxima of the statistics pass."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from torch import nn
 
+from quantune.calibration.collect import collect_input_stats
 from quantune.calibration.hist_ops import abs_histogram, cdf
 from quantune.calibration.histogram import StreamingHistogram
 
@@ -59,3 +62,15 @@ def test_abs_histogram_keeps_mass_and_cdf_is_monotone():
     assert amax == max(abs(h.min), abs(h.max))
     grid = torch.linspace(h.lo, h.hi, 50, dtype=torch.float64)
     assert bool((torch.diff(cdf(h, grid)) >= 0).all())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_collected_conv_channel_maxima_are_per_input_channel_over_batch_and_positions(channels_last: bool) -> None:
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(3, 5, 3)).eval()
+    batches = [torch.randn(4, 3, 9, 7) * torch.tensor([1.0, 10.0, 0.1]).view(1, 3, 1, 1) for _ in range(3)]
+    if channels_last:
+        batches = [b.to(memory_format=torch.channels_last) for b in batches]
+    collected = collect_input_stats(conv, ["0"], batches)
+    expected = torch.cat(batches).abs().amax(dim=(0, 2, 3))
+    torch.testing.assert_close(collected.channel_absmax["0"], expected)

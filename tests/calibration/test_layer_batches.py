@@ -134,3 +134,16 @@ def test_samples_of_mixed_image_sizes_keep_the_size_with_the_most_samples():
     assert samples is not None
     assert samples.x.shape == (7, 4, 10, 12) and samples.y.shape == (7, 4, 10, 12)
     assert samples.sample_ids.tolist() == [2, 3, 4, 5, 6, 7, 8]  # the 10x12 images, in order
+
+
+def test_selector_keeps_the_budgeted_number_of_rows_on_average_and_one_at_least() -> None:
+    # 13 of 64 rows in 8 batches of 8: rounding up per batch would keep 16.
+    totals = []
+    for seed in range(300):
+        sel = RowSelector(13 / 64, seed=seed, layer_index=0)
+        picks = [len(sel.pick(torch.arange(8), b)) for b in range(8)]
+        assert picks[0] >= 1
+        totals.append(sum(picks))
+    assert abs(sum(totals) / len(totals) - 13) < 0.3, sum(totals) / len(totals)
+    tiny = RowSelector(0.01, seed=0, layer_index=0)
+    assert len(tiny.pick(torch.arange(8), 0)) == 1 and len(tiny.pick(torch.arange(8), 5)) == 0

@@ -52,6 +52,33 @@ def test_bn_reading_a_sum_is_not_folded():
     assert find_quantizable(m) == ["a", "b", "c"]
 
 
+def test_bn_after_an_in_place_activation_is_not_folded():
+    # ReLU(inplace=True) hands the BatchNorm the conv's own tensor object, modified.
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1),
+                      nn.BatchNorm2d(4)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    assert find_bn_pairs(m, lambda: m(x)) == [("3", "4")]
+
+
+def test_bn_pairs_do_not_keep_the_forward_pass_alive():
+    import gc
+    import weakref
+
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1)).eval()
+    seen: list[weakref.ref] = []
+    alive: list[bool] = []
+    handle = m[0].register_forward_hook(lambda mod, inp, out: seen.append(weakref.ref(out)))
+
+    def run() -> None:
+        m(torch.randn(2, 3, 8, 8))  # the output is dropped at once
+        gc.collect()
+        alive.append(seen[0]() is not None)
+
+    assert find_bn_pairs(m, run) == [("0", "1")]
+    handle.remove()
+    assert alive == [False]  # the conv's output did not outlive its use inside the pass
+
+
 def test_unsupported_layers_are_listed():
     m = nn.Sequential(nn.Conv3d(1, 2, 1), nn.Flatten(), nn.LSTM(4, 4))
     assert [t for _, t in find_unsupported(m)] == ["Conv3d", "LSTM"]

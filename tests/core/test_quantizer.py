@@ -51,3 +51,15 @@ def test_fake_quant_equals_dequant_of_quant_and_has_ste_gradient():
 def test_constant_tensor_gets_valid_scale():
     s, z = qparams_from_range(torch.tensor(0.0), torch.tensor(0.0), 0, 255, symmetric=False)
     assert float(s) > 0
+
+
+def test_fake_quant_without_autograd_equals_the_differentiable_path_and_leaves_x_alone():
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 5, 5) * 3
+    scale, zero = torch.rand(8) * 0.1 + 0.01, torch.randint(-3, 3, (8,)).float()
+    before = x.clone()
+    with torch.no_grad():
+        fast = fake_quantize(x, scale, zero, -128, 127, axis=1)
+    slow = fake_quantize(x.clone().requires_grad_(), scale, zero, -128, 127, axis=1)
+    assert torch.equal(fast, slow.detach())
+    assert torch.equal(x, before)  # the in-place steps work on a new buffer, never on x
