@@ -2,13 +2,14 @@
 
 Each size runs in a fresh process (``benchmarks/reliability.py --memory-child``) that
 streams random 224x224 images made on the fly, so the peak RSS measures what quantune
-itself holds. Streaming histograms keep statistics collection flat (4N may cost at most
-10% + 40 MB more than N); AdaQuant caches each layer's inputs and float targets up to
-``adaquant_cache_mb`` (64 MB in the child) whatever N is, so its peak stays within
-statistics peak + ADAQUANT_EXTRA_MB. Measured (2 cores, 1 thread, 2026-11-28): N=16:
-stats 991 MB, AdaQuant 991 MB; N=64: stats 987 MB, AdaQuant 1109 MB (the cache reaches its
-cap between the two sizes; above it the peak no longer grows). Without the heap trim
-between layers (quantune.memory) AdaQuant at N=64 reached 1211-1535 MB.
+itself holds. Streaming histograms keep statistics collection flat; AdaQuant caches each
+layer's inputs and float targets up to ``adaquant_cache_mb`` whatever N is. The child
+uses a 16 MB cache, which both sizes fill, so both peaks may grow by less than 10 % for
+4x the data (issue 5's target). Measured (2 cores, 1 thread, 2026-11-28): N=16 / 64:
+statistics 612 / 646 MB, AdaQuant 806 / 861 MB. With the default 64 MB cache, N=16
+leaves most layers' caches a quarter full and AdaQuant grows 827 -> 952 MB as they fill.
+Before the heap watch in batch loops (quantune.memory) AdaQuant grew 904 -> 1074 MB at
+16 MB too. Another run: statistics 554 / 646 MB, AdaQuant 836 / 903 MB.
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "reliability.py"
 N = 16
-PEAK_LIMIT_MB = 1500
-ADAQUANT_EXTRA_MB = 5 * 64  # inputs + targets at the cap, plus per-layer temporaries
+CACHE_MB = 16
+# Identical runs differ by up to ~90 MB in the statistics peak (541-630 MB at N=16: the
+# heap layout left by the validation forwards), so one run per size gets this allowance.
+NOISE_MB = 50
+PEAK_LIMIT_MB = 1100  # model and runtime alone: ~430 MB
 
 
 def _peak(n: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, str(BENCH), "--memory-child", str(n), "1"],
+    res = subprocess.run([sys.executable, str(BENCH), "--memory-child", str(n), "1", str(CACHE_MB)],
                          capture_output=True, text=True, env=env, timeout=1800)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -40,7 +44,6 @@ def _peak(n: int) -> dict:
 def test_calibration_peak_rss_does_not_grow_with_the_calibration_set() -> None:
     pytest.importorskip("efficientnet_lite_pytorch", reason="pip install 'quantune[models]'")
     small, large = _peak(N), _peak(4 * N)
-    assert large["stats_peak_mb"] <= 1.10 * small["stats_peak_mb"] + 40, (small, large)
-    for run in (small, large):
-        assert run["adaquant_peak_mb"] <= run["stats_peak_mb"] + ADAQUANT_EXTRA_MB, run
-        assert run["adaquant_peak_mb"] <= PEAK_LIMIT_MB, run
+    assert large["stats_peak_mb"] < 1.10 * small["stats_peak_mb"] + NOISE_MB, (small, large)
+    assert large["adaquant_peak_mb"] < 1.10 * small["adaquant_peak_mb"] + NOISE_MB, (small, large)
+    assert large["adaquant_peak_mb"] <= PEAK_LIMIT_MB, large
