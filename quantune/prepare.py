@@ -77,7 +77,7 @@ class PreparedModel:
             )
         self.unsupported = find_unsupported(self.float_model)
         first = next(iter(iter_batches(self.calib_data)))
-        run_checked(self.float_model, first, 0)
+        # This pass also validates the first batch (run_checked names the expected input).
         self.bn_pairs = find_bn_pairs(self.float_model, lambda: run_checked(self.float_model, first, 0))
         # The unfolded BatchNorms are kept so that calibration can re-estimate their
         # statistics on the quantized model and fold them again (bn_reestimate).
