@@ -154,9 +154,9 @@ class CalibrationProcedure:
             quantization step, step sizes and the bias in relative units.
         adaquant_batch_size: samples per AdaQuant step for convolutions; Linear layers
             take 16x as many input rows (tokens) per step.
-        adaquant_cache_mb: per-layer cap on cached inputs + float targets; a seeded
-            subset of samples (or rows) is kept when the calibration set is larger
-            (AdaQuant and AdaRound).
+        adaquant_cache_mb: per-layer budget for cached inputs + float targets; when the
+            calibration set is larger, a seeded subset of samples (or rows) of that
+            expected size is kept (AdaQuant, AdaRound and block reconstruction).
         adaround: learn each weight's up/down rounding against the layer's output
             error (AdaRound; step sizes stay; runs after GPTQ, before AdaQuant).
         adaround_blocks: AdaRound reconstructs the output of each *block* (a child of an
