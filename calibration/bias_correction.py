@@ -24,6 +24,7 @@ from quantune.batches import run_model
 from quantune.calibration.channel_stats import ChannelMoments
 from quantune.calibration.layer_io import StopForward
 from quantune.calibration.layerwise import execution_order
+from quantune.memory import watched_batches
 from quantune.modules import QuantizedLayer
 from quantune.progress import progress_bar
 from quantune.token_mask import real_tokens
@@ -44,7 +45,7 @@ def output_means(model: nn.Module, kinds: dict[str, str], batches: list[Any], st
     handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in kinds]
     try:
         with torch.no_grad():
-            for batch in batches:
+            for batch in watched_batches(batches):
                 try:
                     run_model(model, batch)
                 except StopForward:

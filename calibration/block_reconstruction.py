@@ -39,7 +39,7 @@ from quantune.calibration.layer_batches import MIN_SAMPLES_TO_HOLD_OUT
 from quantune.calibration.layerwise import calibrate_layer, execution_order, layer_step
 from quantune.capture import LayerInfo
 from quantune.config import CalibrationProcedure
-from quantune.memory import HeapWatch, release_free_memory
+from quantune.memory import release_free_memory, watched_batches
 from quantune.modules import QuantizedLayer
 from quantune.progress import progress_bar
 
@@ -98,10 +98,9 @@ def _capture(model: nn.Module, name: str, batches: list[Any], keep: torch.Tensor
     handle = module.register_forward_hook(hook, with_kwargs=True)
     offset = 0
     parts: list[torch.Tensor] = []
-    heap = HeapWatch()
     try:
         with torch.no_grad():
-            for batch in batches:
+            for batch in watched_batches(batches):
                 found.clear()
                 run_model(model, batch)
                 n = batch_size(batch)
@@ -112,8 +111,6 @@ def _capture(model: nn.Module, name: str, batches: list[Any], keep: torch.Tensor
                         t = t[local]
                     parts.append(t)
                 offset += n
-                found.clear()
-                heap.step()  # (quantune.memory)
     finally:
         handle.remove()
     return parts

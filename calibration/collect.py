@@ -12,7 +12,7 @@ from torch import nn
 from quantune.batches import batch_size, iter_batches, run_checked
 from quantune.calibration.histogram import DEFAULT_BINS, StreamingHistogram
 from quantune.input_smoothing import divide_input_channels
-from quantune.memory import HeapWatch
+from quantune.memory import watched_batches
 from quantune.progress import progress_bar
 from quantune.token_mask import real_tokens
 
@@ -94,14 +94,12 @@ def collect_input_stats(
 
     handles = [modules[n].register_forward_pre_hook(hook(n)) for n in layer_names]
     n_samples = 0
-    heap = HeapWatch()
     try:
         with torch.no_grad():
             bar = progress_bar(total=total_batches, desc="statistics", unit="batch", enable=show_progress)
-            for i, batch in enumerate(iter_batches(data, max_samples)):
+            for i, batch in enumerate(watched_batches(iter_batches(data, max_samples))):
                 run_checked(model, batch, i)
                 n_samples += batch_size(batch)
-                heap.step()  # freed activations fragment the heap batch after batch (quantune.memory)
                 bar.update(1)
             bar.close()
     finally:

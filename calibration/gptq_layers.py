@@ -43,6 +43,7 @@ from quantune.calibration.gptq import gptq_quantize
 from quantune.calibration.input_hessian import InputMoments
 from quantune.calibration.layer_io import capture_inputs
 from quantune.calibration.layerwise import execution_order
+from quantune.memory import watched_batches
 from quantune.modules import QuantizedLayer
 from quantune.progress import progress_bar
 from quantune.token_mask import real_tokens
@@ -147,7 +148,7 @@ def _parallel_moments(model: nn.Module, qlayers: dict[str, QuantizedLayer], batc
     handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in qlayers]
     try:
         with torch.no_grad():
-            for batch in batches:
+            for batch in watched_batches(batches):
                 run_model(model, batch)
     finally:
         for h in handles:
@@ -159,7 +160,7 @@ def _sequential_moments(qmodel: nn.Module, float_model: nn.Module | None, name: 
                         batches: list[Any]) -> InputMoments:
     """The layer's input moments in the partially rounded model, paired with the float inputs."""
     moments = InputMoments(layer)
-    for batch in batches:  # batch by batch: the paired inputs are never all held at once
+    for batch in watched_batches(batches):  # batch by batch: the paired inputs are never all held at once
         got_q = list(capture_inputs(qmodel, name, [batch], layer.kind))
         if not got_q:
             continue

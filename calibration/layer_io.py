@@ -22,7 +22,7 @@ from torch import nn
 
 from quantune.batches import batch_size, largest_group, run_model
 from quantune.calibration.fisher import fisher_weights, output_gradients
-from quantune.memory import HeapWatch
+from quantune.memory import watched_batches
 from quantune.token_mask import real_token_samples, real_tokens
 
 
@@ -81,10 +81,9 @@ def capture_inputs(model: nn.Module, layer_name: str, batches: Iterable[Any], ki
         raise StopForward
 
     handle = module.register_forward_pre_hook(hook)
-    heap = HeapWatch()
     try:
         with torch.no_grad():
-            for i, batch in enumerate(batches):
+            for i, batch in enumerate(watched_batches(batches)):
                 box.clear()
                 try:
                     run_model(model, batch)
@@ -92,8 +91,6 @@ def capture_inputs(model: nn.Module, layer_name: str, batches: Iterable[Any], ki
                     pass
                 if box:
                     yield CapturedInput(i, *box[0])
-                box.clear()
-                heap.step()  # (quantune.memory)
     finally:
         handle.remove()
 

@@ -23,7 +23,10 @@ import ctypes
 import ctypes.util
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @functools.lru_cache(maxsize=1)
@@ -97,3 +100,12 @@ class HeapWatch:
         elif now > self.level + self.slack_mb and release_free_memory():
             self.trims += 1
             self.level = max(self.level, resident_mb() or now)
+
+
+def watched_batches(batches: Iterable[T]) -> Iterator[T]:
+    """Yield ``batches`` with a :class:`HeapWatch` step after each one is processed (when
+    the loop asks for the next), so any calibration loop keeps its heap from ratcheting."""
+    heap = HeapWatch()
+    for batch in batches:
+        yield batch
+        heap.step()

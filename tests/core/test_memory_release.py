@@ -8,7 +8,13 @@ import sys
 import pytest
 import torch
 
-from quantune.memory import HeapWatch, _malloc_trim, release_free_memory, resident_mb
+from quantune.memory import (
+    HeapWatch,
+    _malloc_trim,
+    release_free_memory,
+    resident_mb,
+    watched_batches,
+)
 
 
 def _rss_mb() -> float:
@@ -71,3 +77,14 @@ def test_heap_watch_returns_a_fragmented_heap_to_the_os() -> None:
     watch.step()
     assert watch.trims == 1 and resident_mb() < held - 100
     assert fence.sum().item() == 16384
+
+
+def test_watched_batches_steps_after_each_batch_is_processed(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    resident = iter([500.0, 600.0, 510.0])
+    monkeypatch.setattr("quantune.memory.resident_mb", lambda: next(resident))
+    monkeypatch.setattr("quantune.memory.release_free_memory", lambda: events.append("trim") or True)
+    for batch in watched_batches(["a", "b"]):
+        events.append(batch)
+    # 500 after "a" sets the level; 600 after "b" is over it by > 16 MB: one trim (-> 510).
+    assert events == ["a", "b", "trim"]
