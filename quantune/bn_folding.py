@@ -2,8 +2,9 @@
 
 Pairs are found at run time: a BatchNorm is folded into layer L when, during one
 forward pass, the tensor the BatchNorm receives is the very tensor object L returned,
-unmodified (no in-place op in between), and each ran exactly once. This needs no graph tracing, so it works on any model,
-and it never folds a BatchNorm that reads a sum, a concatenation or a shared output.
+unmodified (no in-place op in between), and each ran exactly once. This needs no graph
+tracing, so it works on any model, and it never folds a BatchNorm that reads a sum, a
+concatenation or a shared output.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ on 64 images, up to 1535 MB peak without a trim, 1035-1190 MB with one between l
 a trimmed process holds ~515 MB between layers). ``malloc_trim`` returns those pages.
 The same ratchet happens batch after batch within one pass over the calibration data,
 the more so the more batches there are: :class:`HeapWatch` trims there when it sees it
-(EfficientNet-Lite0 statistics pass, 16 -> 64 images: peak RSS +14 % without it, median
-of three runs; +1 % with it).
+(EfficientNet-Lite0 statistics pass, 16 -> 64 images: peak RSS +14 % without it, +1 to
++6 % with it, medians over runs).
 
 A trim between layers is cheap (50 trims: 0.8-1.4 s of a 50-220 s AdaQuant run); no
 ``gc.collect`` runs beside it, because tensors are freed by reference counting and a

@@ -128,7 +128,7 @@ def fake_quantize(
     """
     s = _broadcast(scale, x, axis)
     z = _broadcast(zero_point, x, axis).to(x.dtype)
-    if torch.is_grad_enabled() and (x.requires_grad or s.requires_grad):
+    if torch.is_grad_enabled() and (x.requires_grad or s.requires_grad or z.requires_grad):
         q = torch.clamp(round_ste(x / s) + z, qmin, qmax)
         return (q - z) * s
     # Without autograd the same steps run in place on one buffer: the chain above holds two

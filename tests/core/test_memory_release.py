@@ -17,11 +17,6 @@ from quantune.memory import (
 )
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux") or _malloc_trim() is None, reason="needs glibc")
 def test_freed_heap_pages_are_returned() -> None:
     # 4000 tensors of 64 KiB sit below glibc's mmap threshold, so they come from the heap;
@@ -30,9 +25,9 @@ def test_freed_heap_pages_are_returned() -> None:
     blocks = [torch.ones(16384) for _ in range(4000)]
     fence = blocks.pop()
     del blocks
-    held = _rss_mb()
+    held = resident_mb()
     assert release_free_memory() is True
-    assert _rss_mb() < held - 100, (held, _rss_mb())
+    assert resident_mb() < held - 100, (held, resident_mb())
     assert fence.sum().item() == 16384  # the live tensor is untouched
 
 
