@@ -7,7 +7,11 @@ by raising, so early layers cost a fraction of a full pass.
 
 Memory is bounded per layer: a seeded subset of samples (convolutions) or of rows
 (Linear layers; tokens of a sequence count as rows) is kept, sized so that the cached
-inputs plus targets fit ``cache_bytes`` whatever the size of the calibration set.
+inputs plus targets fit ``cache_bytes`` whatever the size of the calibration set. The
+models run on a few samples at a time (:func:`samples_per_pass`), a convolution's
+passes only on the samples it keeps, and the kept samples go into one preallocated
+buffer (:mod:`quantune.calibration.row_store`): the passes' transient memory does not
+depend on the batch size, and collecting costs the kept fraction of the passes.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import torch
 from torch import nn
 
 from quantune.batches import batch_size, largest_group, run_model
+from quantune.calibration.data import take_rows
 from quantune.calibration.fisher import fisher_weights, output_gradients
+from quantune.calibration.row_store import RowStore
 from quantune.memory import watched_batches
 from quantune.token_mask import real_token_samples, real_tokens
 
@@ -139,16 +145,69 @@ class RowSelector:
         max_rows = max(1, cache_bytes // max(bytes_per_row, 1))
         return cls(max_rows / max(total_rows, 1), seed, layer_index)
 
-    def pick(self, rows: torch.Tensor, batch_index: int) -> torch.Tensor:
-        n = rows.shape[0]
+    def indices(self, n: int, batch_index: int) -> torch.Tensor | None:
+        """The sorted indices of the rows kept among ``n`` rows of batch ``batch_index``
+        (None: all of them)."""
         if self.fraction >= 1.0:
-            return rows
+            return None
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.layer_index * 10_007 + batch_index)
         k = min(n, math.floor(self.fraction * n + float(torch.rand((), generator=gen))))
         if batch_index == 0:
             k = max(k, min(n, 1))
-        idx = torch.randperm(n, generator=gen)[:k].sort().values
-        return rows[idx.to(rows.device)]
+        return torch.randperm(n, generator=gen)[:k].sort().values
+
+    def pick(self, rows: torch.Tensor, batch_index: int) -> torch.Tensor:
+        idx = self.indices(rows.shape[0], batch_index)
+        return rows if idx is None else rows[idx.to(rows.device)]
+
+
+#: Bytes of the largest activation of one forward pass while a layer's samples are
+#: collected. The passes' transient memory (and the heap it fragments) scales with the
+#: samples per pass; a large model's speed hardly does, so the samples per pass are cut
+#: to this budget (EfficientNet-Lite0 at 224x224: 3; a small model keeps whole batches).
+PASS_ACTIVATION_BYTES = 16 * 2**20
+
+
+def samples_per_pass(layers: Iterable[Any], budget_bytes: int = PASS_ACTIVATION_BYTES) -> int:
+    """Samples per collecting pass such that the largest float32 input or output of any of
+    ``layers`` (:class:`quantune.capture.LayerInfo`, shapes per sample) fits ``budget_bytes``."""
+    largest = max((4 * math.prod(shape) for li in layers for shape in (li.input_shape, li.output_shape) if shape),
+                  default=0)
+    return max(1, budget_bytes // max(largest, 1))
+
+#: ``(batch index, the batch's samples to run)``; None: the whole batch.
+Part = tuple[int, torch.Tensor | None]
+
+
+class _NotPerSample(Exception):
+    """A convolution's input batch is not the model's batch (the model reshapes its samples)."""
+
+
+def _kept_sample_parts(batches: list[Any], selector: RowSelector, per_pass: int | None) -> list[Part]:
+    """The samples the selector keeps of each batch, at most ``per_pass`` per part
+    (None: no limit; a batch that keeps none gives no part)."""
+    parts: list[Part] = []
+    for i, batch in enumerate(batches):
+        n = batch_size(batch)
+        idx = selector.indices(n, i)
+        if idx is None and (per_pass is None or n <= per_pass):
+            parts.append((i, None))
+        else:
+            kept = torch.arange(n) if idx is None else idx
+            parts.extend((i, part) for part in (kept.split(per_pass) if per_pass else (kept,)))
+    return parts
+
+
+def _consecutive_parts(batches: list[Any], per_pass: int | None) -> list[Part]:
+    """Every batch in runs of at most ``per_pass`` consecutive samples (None: whole batches)."""
+    parts: list[Part] = []
+    for i, batch in enumerate(batches):
+        n = batch_size(batch)
+        if per_pass is None or n <= per_pass:
+            parts.append((i, None))
+        else:
+            parts.extend((i, part) for part in torch.arange(n).split(per_pass))
+    return parts
 
 
 def collect_layer_samples(
@@ -160,6 +219,7 @@ def collect_layer_samples(
     selector: RowSelector,
     float_target: bool = True,
     fisher: bool = False,
+    per_pass: int | None = None,
 ) -> LayerSamples | None:
     """Cache the layer's inputs from ``input_model`` and float targets.
 
@@ -170,57 +230,110 @@ def collect_layer_samples(
     is fed). ``fisher``: also cache each target element's weight, the squared gradient
     of the float model's top-1 cross-entropy at the layer's output
     (:mod:`quantune.calibration.fisher`). Returns None when the layer never runs on the data.
+
+    The models run on at most ``per_pass`` samples at a time (None: whole batches; see
+    :func:`samples_per_pass`), so the passes' activations stay small whatever the batch
+    size. A convolution caches whole samples, so they run only on the samples the
+    selector keeps (a batch that keeps none is not run at all): when the cache binds,
+    collecting costs that fraction of the passes.
+    Linear layers keep rows (tokens), selected after each pass. With ``fisher`` the
+    passes run whole batches, as the weights' gradients do.
     """
-    float_layer = float_model.get_submodule(layer_name)
-    offsets = [0]
-    for batch in batches:
-        offsets.append(offsets[-1] + batch_size(batch))
-
-    def captured(model: nn.Module) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """``(batch index, input, each input row's sample id)``."""
-        for i, x, row_samples in capture_inputs(model, layer_name, batches, kind):
-            ids = row_sample_ids(x, kind, offsets[i]) if row_samples is None else row_samples + offsets[i]
-            yield i, x, ids
-
-    # The same (seed, layer, batch) draw picks the rows of inputs, targets and ids.
-    def pick(rows: torch.Tensor, i: int) -> torch.Tensor:
-        return selector.pick(rows, i).clone()
-
-    ys: dict[int, torch.Tensor] = {}
-    ids: dict[int, torch.Tensor] = {}
-    xs: dict[int, torch.Tensor] = {}
-    with torch.no_grad():
-        if float_target:
-            for i, x, row_ids in captured(float_model):
-                # forward() skips module hooks (the capture hook is still registered here).
-                ys[i], ids[i] = pick(as_rows(float_layer.forward(x), kind), i), pick(row_ids, i)
-            if not ys:
-                return None
-        for i, x, row_ids in captured(input_model):
-            if not float_target:
-                ys[i], ids[i] = pick(as_rows(float_layer.forward(x), kind), i), pick(row_ids, i)
-            if i in ys:
-                xs[i] = pick(as_rows(x, kind), i)
-    keys = _largest_same_shape_group([i for i in sorted(ys) if i in xs], xs, ys)
-    if not keys:
-        return None
-    weight = None
+    collection = _LayerCollection(float_model, input_model, layer_name, kind, batches, selector, float_target, fisher)
     if fisher:
-        grads = {i: pick(g, i) for i, g in output_gradients(float_model, layer_name, kind, batches) if i in xs}
-        weight = fisher_weights(torch.cat([grads[i] if i in grads else torch.zeros_like(ys[i]) for i in keys]))
-    return LayerSamples(torch.cat([xs[i] for i in keys]), torch.cat([ys[i] for i in keys]),
-                        torch.cat([ids[i] for i in keys]), weight)
+        return collection.run(_consecutive_parts(batches, None), select_before=False)
+    if kind != "linear":
+        try:
+            return collection.run(_kept_sample_parts(batches, selector, per_pass), select_before=True)
+        except _NotPerSample:
+            pass  # the layer's batch dimension is not the samples': select rows after the pass
+    return collection.run(_consecutive_parts(batches, per_pass), select_before=False)
 
 
-def _largest_same_shape_group(keys: list[int], xs: dict[int, torch.Tensor], ys: dict[int, torch.Tensor]) -> list[int]:
+@dataclass
+class _LayerCollection:
+    """What :func:`collect_layer_samples` collects from; :meth:`run` does it over given parts."""
+
+    float_model: nn.Module
+    input_model: nn.Module
+    layer_name: str
+    kind: str
+    batches: list[Any]
+    selector: RowSelector
+    float_target: bool
+    fisher: bool
+
+    def run(self, parts: list[Part], *, select_before: bool) -> LayerSamples | None:
+        """:func:`collect_layer_samples` over ``parts``: samples the selector already chose
+        (``select_before``), or runs of samples of which it picks rows after the pass (it
+        is then seeded per part, so both passes pick the same rows)."""
+        float_model, input_model, layer_name, kind = self.float_model, self.input_model, self.layer_name, self.kind
+        batches, selector, float_target, fisher = self.batches, self.selector, self.float_target, self.fisher
+        float_layer = float_model.get_submodule(layer_name)
+        offsets = [0]
+        for batch in batches:
+            offsets.append(offsets[-1] + batch_size(batch))
+
+        def captured(model: nn.Module) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+            """``(part index, input rows to keep, each row's sample id)``."""
+            # Parts are cut on the fly, so only the one being run is ever copied.
+            inputs = (batches[i] if idx is None else take_rows(batches[i], idx) for i, idx in parts)
+            for j, x, row_samples in capture_inputs(model, layer_name, inputs, kind):
+                i, idx = parts[j]
+                n = batch_size(batches[i]) if idx is None else len(idx)
+                sample_ids = offsets[i] + (torch.arange(n) if idx is None else idx)
+                if select_before:
+                    if samples_in(x) != n:
+                        raise _NotPerSample
+                    yield j, x, sample_ids
+                    continue
+                # Each row's sample within the part; a layer whose batch is not the samples
+                # (a reshaping model) numbers its own rows from the part's first sample.
+                local = row_sample_ids(x, kind, 0) if row_samples is None else row_samples
+                in_part = len(local) == 0 or int(local.max()) < n
+                ids = sample_ids[local] if in_part else local + int(sample_ids[0])
+                yield j, selector.pick(x, j), selector.pick(ids, j)
+
+        # Kept samples are known before the passes when selected before them: one buffer
+        # each for inputs and targets (calibration.row_store); rows picked after a pass
+        # (tokens) are kept part by part.
+        capacity = sum(batch_size(batches[i]) if idx is None else len(idx) for i, idx in parts) if select_before else 0
+        ys, xs = RowStore(capacity), RowStore(capacity)
+        ids: dict[int, torch.Tensor] = {}
+        with torch.no_grad():
+            if float_target:
+                for j, x, row_ids in captured(float_model):
+                    # forward() skips module hooks (the capture hook is still registered here).
+                    ys.put(j, as_rows(float_layer.forward(x), kind))
+                    ids[j] = row_ids
+                if not ids:
+                    return None
+            for j, x, row_ids in captured(input_model):
+                if not float_target:
+                    ys.put(j, as_rows(float_layer.forward(x), kind))
+                    ids[j] = row_ids
+                if j in ys:
+                    xs.put(j, as_rows(x, kind))
+        keys = _largest_same_shape_group([j for j in ys.keys() if j in xs], xs, ys)
+        if not keys:
+            return None
+        weight = None
+        if fisher:  # whole batches: part j is batch j
+            grads = {i: selector.pick(g, i).clone() for i, g in output_gradients(float_model, layer_name, kind, batches)
+                     if i in xs}
+            weight = fisher_weights(torch.cat([grads[i] if i in grads else torch.zeros_like(ys.get(i)) for i in keys]))
+        return LayerSamples(xs.gather(keys), ys.gather(keys), torch.cat([ids[j] for j in keys]), weight)
+
+
+def _largest_same_shape_group(keys: list[int], xs: RowStore, ys: RowStore) -> list[int]:
     """The batches whose samples can be stacked with the most others.
 
     Feature maps of images of different sizes cannot be stacked into one tensor; the
     layer-wise steps then learn from the size that holds the most samples, and the
     other sizes still count in every statistic and in the evaluation.
     """
-    return largest_group(keys, lambda i: (tuple(xs[i].shape[1:]), tuple(ys[i].shape[1:])),
-                         lambda i: int(xs[i].shape[0]))
+    return largest_group(keys, lambda i: (tuple(xs.get(i).shape[1:]), tuple(ys.get(i).shape[1:])),
+                         lambda i: int(xs.get(i).shape[0]))
 
 
 def bytes_per_row(in_shape: tuple[int, ...], out_shape: tuple[int, ...], kind: str, targets: int = 1) -> int:

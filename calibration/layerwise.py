@@ -23,6 +23,7 @@ from quantune.calibration.layer_io import (
     bytes_per_row,
     collect_layer_samples,
     rows_per_sample,
+    samples_per_pass,
 )
 from quantune.capture import LayerInfo
 from quantune.config import CalibrationProcedure
@@ -91,9 +92,11 @@ def calibrate_layer(
     *,
     index: int,
     seconds: float | None,
+    per_pass: int | None = None,
 ) -> tuple[Any, float]:
-    """Collect one layer's samples (capped to the procedure's cache) and run ``step`` on them
-    for at most ``seconds`` of optimisation (None: no limit; collecting is not counted).
+    """Collect one layer's samples (capped to the procedure's cache, at most ``per_pass``
+    samples per forward pass) and run ``step`` on them for at most ``seconds`` of
+    optimisation (None: no limit; collecting is not counted).
 
     Returns:
         ``(result, seconds of optimisation)``; the result is None when the layer never
@@ -109,7 +112,7 @@ def calibrate_layer(
         index,
     )
     samples = collect_layer_samples(float_model, input_model, li.name, li.kind, batches, selector,
-                                    procedure.layerwise_float_target, fisher=fisher)
+                                    procedure.layerwise_float_target, fisher=fisher, per_pass=per_pass)
     if samples is None:
         return None, 0.0
     release_free_memory()  # the passes' freed activations, before the step allocates (quantune.memory)
@@ -151,6 +154,7 @@ def run_layerwise(
     input_model = qmodel.model if procedure.adaquant_sequential else float_model
     qmodel.set_mode("simulate")
     budget = procedure.adaquant_time_budget_s
+    per_pass = samples_per_pass(layers)
     # The budget is optimisation time: collecting a layer's inputs is a forward pass whose
     # cost depends on the data, not on the optimiser, and charging it to the budget left
     # deep models no time to optimise at all.
@@ -162,7 +166,7 @@ def run_layerwise(
             # Spread what is left of the budget evenly over the layers left.
             share = None if budget is None else max(budget - optimised_s, 0.0) / (len(names) - k)
             res, seconds = calibrate_layer(step, qlayers[name], info[name], float_model, input_model, batches,
-                                           procedure, index=k, seconds=share)
+                                           procedure, index=k, seconds=share, per_pass=per_pass)
             optimised_s += seconds
             # The layer's cached samples are garbage now; hand their pages back before the
             # next layer's arrive, or the process keeps them (see quantune.memory).

@@ -147,3 +147,108 @@ def test_selector_keeps_the_budgeted_number_of_rows_on_average_and_one_at_least(
     assert abs(sum(totals) / len(totals) - 13) < 0.3, sum(totals) / len(totals)
     tiny = RowSelector(0.01, seed=0, layer_index=0)
     assert len(tiny.pick(torch.arange(8), 0)) == 1 and len(tiny.pick(torch.arange(8), 5)) == 0
+
+
+class _SamplesSeen(nn.Module):
+    """Counts the samples that reach it, then passes them on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += int(x.shape[0])
+        return x
+
+
+def _collect_whole_batches(model, name, kind, batches, selector):
+    from quantune.calibration.layer_io import _consecutive_parts, _LayerCollection
+
+    return _LayerCollection(model, model, name, kind, batches, selector, True, False).run(
+        _consecutive_parts(batches, None), select_before=False)
+
+
+def test_conv_samples_are_selected_before_the_passes_and_match_selecting_after() -> None:
+    from quantune.calibration.layer_io import collect_layer_samples
+
+    torch.manual_seed(0)
+    counter = _SamplesSeen()
+    model = nn.Sequential(counter, nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)).eval()
+    batches = [torch.randn(8, 3, 6, 6) for _ in range(6)]
+    selector = RowSelector(0.25, seed=1, layer_index=3)
+    samples = collect_layer_samples(model, model, "3", "conv2d", batches, selector, per_pass=3)
+    seen = counter.seen
+    counter.seen = 0
+    reference = _collect_whole_batches(model, "3", "conv2d", batches, selector)
+    assert samples is not None and reference is not None
+    # Two passes (float targets, inputs) over the kept samples only, not over 48 samples each.
+    assert seen == 2 * len(samples) < 2 * 48 == counter.seen
+    assert torch.equal(samples.sample_ids, reference.sample_ids)
+    torch.testing.assert_close(samples.x, reference.x)
+    torch.testing.assert_close(samples.y, reference.y)
+
+
+class _FoldIntoBatch(nn.Module):
+    """``[B, 2C, H, W] -> [2B, C, H, W]``: the conv after it sees twice the model's batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        return x.reshape(b * 2, c // 2, h, w)
+
+
+def test_a_conv_whose_batch_is_not_the_samples_falls_back_to_selecting_after_the_pass() -> None:
+    from quantune.calibration.layer_io import collect_layer_samples
+
+    torch.manual_seed(0)
+    model = nn.Sequential(_FoldIntoBatch(), nn.Conv2d(2, 4, 3, padding=1)).eval()
+    batches = [torch.randn(4, 4, 5, 5) for _ in range(3)]
+    selector = RowSelector(0.5, seed=0, layer_index=1)
+    samples = collect_layer_samples(model, model, "1", "conv2d", batches, selector)
+    reference = _collect_whole_batches(model, "1", "conv2d", batches, selector)
+    assert samples is not None and reference is not None
+    torch.testing.assert_close(samples.x, reference.x)
+    assert torch.equal(samples.sample_ids, reference.sample_ids)
+
+
+class _LargestBatch(nn.Module):
+    """Records the largest batch that reaches it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.largest = max(self.largest, int(x.shape[0]))
+        return x
+
+
+def test_linear_rows_are_collected_a_few_samples_per_pass_with_their_sample_ids() -> None:
+    from quantune.calibration.layer_io import collect_layer_samples
+
+    torch.manual_seed(0)
+    probe = _LargestBatch()
+    model = nn.Sequential(probe, nn.Linear(6, 5), nn.GELU(), nn.Linear(5, 3)).eval()
+    batches = [torch.randn(10, 7, 6), torch.randn(3, 7, 6)]  # 13 sentences of 7 tokens
+    samples = collect_layer_samples(model, model, "3", "linear", batches, RowSelector(1.0, 0, 0), per_pass=4)
+    largest = probe.largest
+    reference = _collect_whole_batches(model, "3", "linear", batches, RowSelector(1.0, 0, 0))
+    assert samples is not None and reference is not None
+    assert largest == 4 < probe.largest == 10
+    torch.testing.assert_close(samples.x, reference.x)
+    torch.testing.assert_close(samples.y, reference.y)
+    assert torch.equal(samples.sample_ids, reference.sample_ids)
+    assert torch.equal(samples.sample_ids, torch.arange(13).repeat_interleave(7))
+
+
+def test_samples_per_pass_fits_the_largest_activation_in_the_budget() -> None:
+    from quantune.calibration.layer_io import samples_per_pass
+    from quantune.capture import LayerInfo
+
+    def info(in_shape, out_shape):
+        return LayerInfo("l", "conv2d", 1, 1, (1,), 1, 1, 1, in_shape, out_shape, False)
+
+    big = info((96, 112, 112), (96, 112, 112))  # 4.8 MB per sample
+    small = info((16, 8, 8), (32, 8, 8))
+    assert samples_per_pass([small, big], budget_bytes=16 * 2**20) == 3
+    assert samples_per_pass([small], budget_bytes=16 * 2**20) == 2048
+    assert samples_per_pass([big], budget_bytes=2**20) == 1
