@@ -180,8 +180,9 @@ def peak_rss_mb() -> float:
 
 
 def memory_child(n: int, adaquant_iters: int, cache_mb: int = 64) -> None:
-    """(subprocess) statistics + AdaQuant (``cache_mb`` per layer) of EfficientNet-Lite0 on
-    ``n`` streamed samples."""
+    """(subprocess) statistics + AdaQuant of EfficientNet-Lite0 on ``n`` streamed samples,
+    with ``cache_mb`` as both memory budgets: AdaQuant's per-layer cache and the
+    calibration data held in memory (a larger source is replayed at every pass)."""
     torch.set_num_threads(1)
     from quantune import zoo
     from quantune.config import CalibrationProcedure, QuantConfig
@@ -190,7 +191,7 @@ def memory_child(n: int, adaquant_iters: int, cache_mb: int = 64) -> None:
     model = zoo.get("efficientnet-lite0", "quick", n_calib=8).model
     base = peak_rss_mb()
     started = time.perf_counter()
-    prepared = PreparedModel(model, Streamed(n))
+    prepared = PreparedModel(model, Streamed(n), data_cache_mb=cache_mb)
     prepared.input_statistics()  # the one statistics pass every configuration reuses
     stats_mb, stats_s = peak_rss_mb(), time.perf_counter() - started
     proc = CalibrationProcedure(adaquant=True, adaquant_iters=adaquant_iters, adaquant_cache_mb=cache_mb)

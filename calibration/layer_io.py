@@ -17,16 +17,17 @@ depend on the batch size, and collecting costs the kept fraction of the passes.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from quantune.batches import batch_size, largest_group, run_model
+from quantune.batches import largest_group, run_model
 from quantune.calibration.data import take_rows
 from quantune.calibration.fisher import fisher_weights, output_gradients
+from quantune.calibration.replay import batch_sizes
 from quantune.calibration.row_store import RowStore
 from quantune.memory import watched_batches
 from quantune.token_mask import real_token_samples, real_tokens
@@ -183,12 +184,11 @@ class _NotPerSample(Exception):
     """A convolution's input batch is not the model's batch (the model reshapes its samples)."""
 
 
-def _kept_sample_parts(batches: list[Any], selector: RowSelector, per_pass: int | None) -> list[Part]:
-    """The samples the selector keeps of each batch, at most ``per_pass`` per part
-    (None: no limit; a batch that keeps none gives no part)."""
+def _kept_sample_parts(sizes: list[int], selector: RowSelector, per_pass: int | None) -> list[Part]:
+    """The samples the selector keeps of each batch (of ``sizes`` samples), at most
+    ``per_pass`` per part (None: no limit; a batch that keeps none gives no part)."""
     parts: list[Part] = []
-    for i, batch in enumerate(batches):
-        n = batch_size(batch)
+    for i, n in enumerate(sizes):
         idx = selector.indices(n, i)
         if idx is None and (per_pass is None or n <= per_pass):
             parts.append((i, None))
@@ -198,11 +198,11 @@ def _kept_sample_parts(batches: list[Any], selector: RowSelector, per_pass: int 
     return parts
 
 
-def _consecutive_parts(batches: list[Any], per_pass: int | None) -> list[Part]:
-    """Every batch in runs of at most ``per_pass`` consecutive samples (None: whole batches)."""
+def _consecutive_parts(sizes: list[int], per_pass: int | None) -> list[Part]:
+    """Every batch (of ``sizes`` samples) in runs of at most ``per_pass`` consecutive
+    samples (None: whole batches)."""
     parts: list[Part] = []
-    for i, batch in enumerate(batches):
-        n = batch_size(batch)
+    for i, n in enumerate(sizes):
         if per_pass is None or n <= per_pass:
             parts.append((i, None))
         else:
@@ -215,7 +215,7 @@ def collect_layer_samples(
     input_model: nn.Module,
     layer_name: str,
     kind: str,
-    batches: list[Any],
+    batches: Sequence[Any],
     selector: RowSelector,
     float_target: bool = True,
     fisher: bool = False,
@@ -239,15 +239,17 @@ def collect_layer_samples(
     Linear layers keep rows (tokens), selected after each pass. With ``fisher`` the
     passes run whole batches, as the weights' gradients do.
     """
-    collection = _LayerCollection(float_model, input_model, layer_name, kind, batches, selector, float_target, fisher)
+    sizes = batch_sizes(batches)
+    collection = _LayerCollection(float_model, input_model, layer_name, kind, batches, sizes, selector,
+                                  float_target, fisher)
     if fisher:
-        return collection.run(_consecutive_parts(batches, None), select_before=False)
+        return collection.run(_consecutive_parts(sizes, None), select_before=False)
     if kind != "linear":
         try:
-            return collection.run(_kept_sample_parts(batches, selector, per_pass), select_before=True)
+            return collection.run(_kept_sample_parts(sizes, selector, per_pass), select_before=True)
         except _NotPerSample:
             pass  # the layer's batch dimension is not the samples': select rows after the pass
-    return collection.run(_consecutive_parts(batches, per_pass), select_before=False)
+    return collection.run(_consecutive_parts(sizes, per_pass), select_before=False)
 
 
 @dataclass
@@ -258,7 +260,8 @@ class _LayerCollection:
     input_model: nn.Module
     layer_name: str
     kind: str
-    batches: list[Any]
+    batches: Sequence[Any]
+    sizes: list[int]
     selector: RowSelector
     float_target: bool
     fisher: bool
@@ -270,17 +273,28 @@ class _LayerCollection:
         float_model, input_model, layer_name, kind = self.float_model, self.input_model, self.layer_name, self.kind
         batches, selector, float_target, fisher = self.batches, self.selector, self.float_target, self.fisher
         float_layer = float_model.get_submodule(layer_name)
+        sizes = self.sizes
         offsets = [0]
-        for batch in batches:
-            offsets.append(offsets[-1] + batch_size(batch))
+        for n in sizes:
+            offsets.append(offsets[-1] + n)
+
+        def part_inputs() -> Iterator[Any]:
+            """Each part's samples, cut on the fly (only the one being run is ever
+            copied) in one sequential read of the batches."""
+            remaining = iter(parts)
+            part = next(remaining, None)
+            for i, batch in enumerate(batches):
+                while part is not None and part[0] == i:
+                    yield batch if part[1] is None else take_rows(batch, part[1])
+                    part = next(remaining, None)
+                if part is None:
+                    return
 
         def captured(model: nn.Module) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
             """``(part index, input rows to keep, each row's sample id)``."""
-            # Parts are cut on the fly, so only the one being run is ever copied.
-            inputs = (batches[i] if idx is None else take_rows(batches[i], idx) for i, idx in parts)
-            for j, x, row_samples in capture_inputs(model, layer_name, inputs, kind):
+            for j, x, row_samples in capture_inputs(model, layer_name, part_inputs(), kind):
                 i, idx = parts[j]
-                n = batch_size(batches[i]) if idx is None else len(idx)
+                n = sizes[i] if idx is None else len(idx)
                 sample_ids = offsets[i] + (torch.arange(n) if idx is None else idx)
                 if select_before:
                     if samples_in(x) != n:
@@ -297,7 +311,7 @@ class _LayerCollection:
         # Kept samples are known before the passes when selected before them: one buffer
         # each for inputs and targets (calibration.row_store); rows picked after a pass
         # (tokens) are kept part by part.
-        capacity = sum(batch_size(batches[i]) if idx is None else len(idx) for i, idx in parts) if select_before else 0
+        capacity = sum(sizes[i] if idx is None else len(idx) for i, idx in parts) if select_before else 0
         ys, xs = RowStore(capacity), RowStore(capacity)
         ids: dict[int, torch.Tensor] = {}
         with torch.no_grad():

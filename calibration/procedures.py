@@ -25,8 +25,7 @@ def run_procedure(qmodel: Any, prepared: Any, procedure: CalibrationProcedure) -
     if not (procedure.gptq or procedure.adaround or procedure.adaquant or procedure.bn_reestimate
             or procedure.bias_correction):
         return log
-    data = prepared.calibration_data(procedure.max_samples, procedure.seed)
-    batches = data if isinstance(data, list) else list(data)
+    batches = prepared.pass_batches(procedure.max_samples, procedure.seed)
     show = bool(getattr(prepared, "show_progress", False))
     # GPTQ then bias correction, nothing in between: correct each layer's bias right
     # after rounding it, in GPTQ's sequential pass (one pass over the layers, not two).

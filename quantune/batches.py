@@ -85,6 +85,17 @@ def batch_size(batch: Any) -> int:
     return int(inputs.shape[0]) if inputs.dim() > 0 else 1
 
 
+def batch_tensors(batch: Any) -> list[torch.Tensor]:
+    """Every tensor of a batch (inputs and labels; nested tuples, lists and dicts)."""
+    if torch.is_tensor(batch):
+        return [batch]
+    if isinstance(batch, dict):
+        return [t for v in batch.values() for t in batch_tensors(v)]
+    if isinstance(batch, tuple | list):
+        return [t for v in batch for t in batch_tensors(v)]
+    return []
+
+
 def _tensors(inputs: Any) -> list[torch.Tensor]:
     if torch.is_tensor(inputs):
         return [inputs]

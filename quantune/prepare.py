@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -48,6 +48,11 @@ def _check_finite(model: nn.Module) -> None:
         )
 
 
+#: Calibration data kept in memory for the many-pass steps (GPTQ, AdaRound, AdaQuant,
+#: the corrections); a larger source is replayed at every pass (PreparedModel.pass_batches).
+DATA_CACHE_MB = 1024
+
+
 class PreparedModel:
     """A float model made ready for quantization.
 
@@ -55,10 +60,12 @@ class PreparedModel:
     layer on a real batch, and streams the calibration data once to collect activation
     statistics. :meth:`quantize` then builds quantized models for any number of
     configurations without touching the data again (unless a configuration asks for
-    data-driven steps such as AdaQuant).
+    data-driven steps such as AdaQuant: they hold the data in memory up to
+    ``data_cache_mb`` and read a larger source again at every pass, see :meth:`pass_batches`).
     """
 
-    def __init__(self, model: nn.Module, calib_data: Iterable[Any], *, show_progress: bool = False) -> None:
+    def __init__(self, model: nn.Module, calib_data: Iterable[Any], *, show_progress: bool = False,
+                 data_cache_mb: int = DATA_CACHE_MB) -> None:
         if not isinstance(model, nn.Module):
             raise UserInputError(
                 f"quantune needs a torch.nn.Module, got {type(model).__name__}; load your "
@@ -66,6 +73,9 @@ class PreparedModel:
             )
         self.calib_data = _reiterable(calib_data)
         self.show_progress = show_progress
+        if data_cache_mb < 0:
+            raise UserInputError(f"data_cache_mb must be >= 0, got {data_cache_mb}.")
+        self.data_cache_mb = data_cache_mb
         self.float_model = copy.deepcopy(model).eval()
         _check_finite(self.float_model)
         self.float_size_bytes = module_size_bytes(self.float_model)
@@ -124,6 +134,14 @@ class PreparedModel:
 
             self._subset_cache[key] = calibration_batches(self.calib_data, max_samples, seed)
         return self._subset_cache[key]
+
+    def pass_batches(self, max_samples: int | None = None, seed: int = 0) -> Sequence[Any]:
+        """The calibration batches for steps that read them many times (GPTQ, AdaRound,
+        AdaQuant, the corrections): kept in memory up to ``data_cache_mb``, replayed from
+        the source beyond it (:mod:`quantune.calibration.replay`)."""
+        from quantune.calibration.replay import batches_within
+
+        return batches_within(self.calibration_data(max_samples, seed), self.data_cache_mb * 2**20)
 
     def synthetic_data(self, n: int, iters: int, seed: int = 0) -> tuple[list[torch.Tensor], Any]:
         """``(batches, report)``: ``n`` inputs distilled from the model's BatchNorm statistics
@@ -258,9 +276,15 @@ class PreparedModel:
         return qmodel.set_mode(mode)
 
 
-def prepare(model: nn.Module, calib_data: Iterable[Any], *, show_progress: bool = False) -> PreparedModel:
-    """Fold BN, describe layers and make statistics available for repeated quantization."""
-    return PreparedModel(model, calib_data, show_progress=show_progress)
+def prepare(model: nn.Module, calib_data: Iterable[Any], *, show_progress: bool = False,
+            data_cache_mb: int = DATA_CACHE_MB) -> PreparedModel:
+    """Fold BN, describe layers and make statistics available for repeated quantization.
+
+    ``data_cache_mb``: calibration data up to this size is held in memory while the
+    many-pass steps run; a larger source (a ``DataLoader``) is read again at every pass,
+    which keeps memory flat and must give the same batches each time.
+    """
+    return PreparedModel(model, calib_data, show_progress=show_progress, data_cache_mb=data_cache_mb)
 
 
 def quantize(

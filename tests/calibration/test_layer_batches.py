@@ -164,8 +164,9 @@ class _SamplesSeen(nn.Module):
 def _collect_whole_batches(model, name, kind, batches, selector):
     from quantune.calibration.layer_io import _consecutive_parts, _LayerCollection
 
-    return _LayerCollection(model, model, name, kind, batches, selector, True, False).run(
-        _consecutive_parts(batches, None), select_before=False)
+    sizes = [len(b) for b in batches]
+    return _LayerCollection(model, model, name, kind, batches, sizes, selector, True, False).run(
+        _consecutive_parts(sizes, None), select_before=False)
 
 
 def test_conv_samples_are_selected_before_the_passes_and_match_selecting_after() -> None:
