@@ -41,7 +41,24 @@ def batch_bytes(batch: Any) -> int:
     return sum(t.numel() * t.element_size() for t in batch_tensors(batch))
 
 
-class ReplayedBatches(Sequence[Any]):
+class _ReadInOrder(Sequence[Any]):
+    """A batch sequence read front to back: indexing reads up to the index, and ``+``
+    chains another sequence after it without reading either."""
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        return _by_iteration(self, index)
+
+    def __add__(self, other: Sequence[Any]) -> ChainedBatches:
+        return ChainedBatches([self, other])
+
+
+class ReplayedBatches(_ReadInOrder):
     """A re-iterable batch source replayed at every pass, checked against its first pass.
 
     ``sizes`` holds each batch's sample count, so callers need no pass to learn them.
@@ -72,23 +89,12 @@ class ReplayedBatches(Sequence[Any]):
         if count != len(self.fingerprints):
             raise UserInputError(
                 f"The calibration data gave {count} batches in this pass and {len(self.fingerprints)} "
-                "in the first; it must give the same batches at every pass (see above)."
+                "in the first; a replayed source must give the same batches at every pass "
+                "(shuffle=False, no random augmentation), or pass the batches as a list."
             )
 
-    @overload
-    def __getitem__(self, index: int) -> Any: ...
 
-    @overload
-    def __getitem__(self, index: slice) -> list[Any]: ...
-
-    def __getitem__(self, index: int | slice) -> Any:
-        return _by_iteration(self, index)
-
-    def __add__(self, other: Sequence[Any]) -> ChainedBatches:
-        return ChainedBatches([self, other])
-
-
-class ChainedBatches(Sequence[Any]):
+class ChainedBatches(_ReadInOrder):
     """Batch sequences one after the other (real data replayed, then synthetic ones)."""
 
     def __init__(self, parts: list[Sequence[Any]]) -> None:
@@ -101,15 +107,6 @@ class ChainedBatches(Sequence[Any]):
     def __iter__(self) -> Iterator[Any]:
         for part in self.parts:
             yield from part
-
-    @overload
-    def __getitem__(self, index: int) -> Any: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[Any]: ...
-
-    def __getitem__(self, index: int | slice) -> Any:
-        return _by_iteration(self, index)
 
     def __add__(self, other: Sequence[Any]) -> ChainedBatches:
         return ChainedBatches([*self.parts, other])

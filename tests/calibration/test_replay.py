@@ -99,3 +99,18 @@ def test_chained_batches_index_like_a_list() -> None:
     assert [b.shape[0] for b in chained[1:4]] == [4, 2, 5] and chained[7:] == []
     with pytest.raises(IndexError):
         chained[5]
+
+
+class Shrinking(Regenerated):
+    """Gives one batch fewer at every pass after the first."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        self.passes += 1
+        for i in range(len(self.sizes) - (self.passes > 1)):
+            yield torch.randn(self.sizes[i], 3, 8, 8, generator=torch.Generator().manual_seed(i))
+
+
+def test_a_source_that_gives_fewer_batches_on_a_replay_is_refused() -> None:
+    replayed = batches_within(Shrinking([2, 2, 2]), 100)
+    with pytest.raises(UserInputError, match="gave 2 batches in this pass and 3"):
+        list(replayed)
