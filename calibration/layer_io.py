@@ -184,29 +184,18 @@ class _NotPerSample(Exception):
     """A convolution's input batch is not the model's batch (the model reshapes its samples)."""
 
 
-def _kept_sample_parts(sizes: list[int], selector: RowSelector, per_pass: int | None) -> list[Part]:
-    """The samples the selector keeps of each batch (of ``sizes`` samples), at most
-    ``per_pass`` per part (None: no limit; a batch that keeps none gives no part)."""
+def _parts(sizes: list[int], per_pass: int | None, selector: RowSelector | None = None) -> list[Part]:
+    """Each batch (of ``sizes`` samples) in parts of at most ``per_pass`` samples (None:
+    no limit): the samples ``selector`` keeps (a batch that keeps none gives no part), or
+    without a selector all of them, in order."""
     parts: list[Part] = []
     for i, n in enumerate(sizes):
-        idx = selector.indices(n, i)
+        idx = None if selector is None else selector.indices(n, i)
         if idx is None and (per_pass is None or n <= per_pass):
             parts.append((i, None))
         else:
             kept = torch.arange(n) if idx is None else idx
             parts.extend((i, part) for part in (kept.split(per_pass) if per_pass else (kept,)))
-    return parts
-
-
-def _consecutive_parts(sizes: list[int], per_pass: int | None) -> list[Part]:
-    """Every batch (of ``sizes`` samples) in runs of at most ``per_pass`` consecutive
-    samples (None: whole batches)."""
-    parts: list[Part] = []
-    for i, n in enumerate(sizes):
-        if per_pass is None or n <= per_pass:
-            parts.append((i, None))
-        else:
-            parts.extend((i, part) for part in torch.arange(n).split(per_pass))
     return parts
 
 
@@ -243,13 +232,13 @@ def collect_layer_samples(
     collection = _LayerCollection(float_model, input_model, layer_name, kind, batches, sizes, selector,
                                   float_target, fisher)
     if fisher:
-        return collection.run(_consecutive_parts(sizes, None), select_before=False)
+        return collection.run(_parts(sizes, None), select_before=False)
     if kind != "linear":
         try:
-            return collection.run(_kept_sample_parts(sizes, selector, per_pass), select_before=True)
+            return collection.run(_parts(sizes, per_pass, selector), select_before=True)
         except _NotPerSample:
             pass  # the layer's batch dimension is not the samples': select rows after the pass
-    return collection.run(_consecutive_parts(sizes, per_pass), select_before=False)
+    return collection.run(_parts(sizes, per_pass), select_before=False)
 
 
 @dataclass

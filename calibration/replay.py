@@ -75,7 +75,9 @@ class ReplayedBatches(_ReadInOrder):
 
     def __iter__(self) -> Iterator[Any]:
         count = 0
-        for i, batch in enumerate(iter_batches(self.source)):
+        # The first read validated every batch (quantune.batches.iter_batches); a replay
+        # only has to be that same read again.
+        for i, batch in enumerate(self.source):
             if i >= len(self.fingerprints) or fingerprint(batch) != self.fingerprints[i]:
                 raise UserInputError(
                     f"The calibration data changed between passes (batch {i} differs from the first "
@@ -149,12 +151,15 @@ def batches_within(data: Iterable[Any], budget_bytes: int) -> Sequence[Any]:
     fingerprints: list[tuple[Any, ...]] = []
     sizes: list[int] = []
     for batch in iter_batches(data):
-        fingerprints.append(fingerprint(batch))
         sizes.append(batch_size(batch))
         if kept is not None:
             held += batch_bytes(batch)
             if held <= budget_bytes:
                 kept.append(batch)
-            else:
-                kept = None  # over the budget: replay from the source from now on
+                continue
+            # Over the budget: replay from the source from now on. Only a replayed
+            # source needs fingerprints (the kept batches' are taken as they go).
+            fingerprints = [fingerprint(b) for b in kept]
+            kept = None
+        fingerprints.append(fingerprint(batch))
     return kept if kept is not None else ReplayedBatches(data, fingerprints, sizes)

@@ -162,11 +162,11 @@ class _SamplesSeen(nn.Module):
 
 
 def _collect_whole_batches(model, name, kind, batches, selector):
-    from quantune.calibration.layer_io import _consecutive_parts, _LayerCollection
+    from quantune.calibration.layer_io import _LayerCollection, _parts
 
     sizes = [len(b) for b in batches]
     return _LayerCollection(model, model, name, kind, batches, sizes, selector, True, False).run(
-        _consecutive_parts(sizes, None), select_before=False)
+        _parts(sizes, None), select_before=False)
 
 
 def test_conv_samples_are_selected_before_the_passes_and_match_selecting_after() -> None:

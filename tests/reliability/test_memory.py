@@ -7,7 +7,8 @@ itself holds, above the model and runtime alone (``model_mb``, ~430 MB). The chi
 
 One run per size is a regression guard, not a measurement of issue 5's < 10 % target:
 identical runs differ by up to ~120 MB. Measured (2 cores, 1 thread, 2026-11-28), three
-runs: N=16 / 64: statistics 525-590 / 594-668 MB, AdaQuant 650-665 / 723-782 MB. Before
+runs: N=16 / 64: statistics 577-602 / 605-684 MB, AdaQuant 626-674 / 750-754 MB (the
+child holds 16 MB of calibration data and replays more, calibration.replay). Before
 the layer collection ran only the kept samples a few at a time (calibration.layer_io)
 AdaQuant gave 797-836 / 861-915 MB (N=64 above the limit below); before the earlier
 fixes (autograd-free validation, in-place fake quantization, heap watch in batch loops,
