@@ -70,7 +70,8 @@ def base_config(weight_method: str, procedure: str) -> QuantConfig:
 def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tuple[float, ...],
               base: QuantConfig | None = None, policies: tuple[str, ...] = POLICIES,
               weight_bits: tuple[int, ...] = (2, 3, 4, 6, 8),
-              context_bits: int | None = None, refine: int = 4, loss: str = "auto") -> list[dict[str, Any]]:
+              context_bits: int | None = None, refine: int = 4, loss: str = "auto",
+              relinearize: int = 0) -> list[dict[str, Any]]:
     """Every (policy, budget) row of one model; ``base`` sets range methods and procedure."""
     t0 = time.perf_counter()
     prepared = prepare(entry.model, entry.calib_batches)
@@ -78,7 +79,7 @@ def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tupl
     # with (3-bit min/max and 3-bit MSE-clipped weights rank layers very differently).
     options = AllocationOptions(weight_bits=weight_bits, act_bits=(8,), proxy=proxy, max_samples=max_samples,
                                 base_config=base, context_bits=context_bits, refine=refine, loss=loss,
-                                show_progress=True)
+                                relinearize=relinearize, show_progress=True)
     metric_name = entry.primary_metric
     float_metric = entry.evaluate(entry.model)[metric_name]
     rows: list[dict[str, Any]] = []
@@ -88,6 +89,7 @@ def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tupl
                                    "metric_name": metric_name, "float_metric": float_metric, "proxy": proxy,
                                    "loss": loss,
                                    "context_bits": context_bits, "refine": refine if policy == "ilp" else None,
+                                   "relinearize": relinearize if policy == "ilp" else None,
                                    "procedure": _procedure_label(base)}
             try:
                 allocation = allocate_bits(prepared, budget={"avg_bits": budget}, options=options, policy=policy)
@@ -100,7 +102,8 @@ def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tupl
                          "weight_bytes": allocation.size_bytes, "metric": metrics[metric_name],
                          "metrics": metrics, "predicted_loss": allocation.predicted_loss,
                          "bits": allocation.weight_bits,
-                         "refinement": allocation.measurement.get("refine")})
+                         "refinement": allocation.measurement.get("refine"),
+                         "relinearization": allocation.measurement.get("relinearize")})
             print(f"{name:<19} {policy:<8} budget {budget:>4}  avg {allocation.avg_bits:5.2f}  "
                   f"{metric_name} {metrics[metric_name]:.4f}", flush=True)
     print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -186,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="loss proxy: measure each layer with the others' weights at this width")
     parser.add_argument("--refine", type=int, default=4,
                         help="ilp: measure this many least-predicted-loss allocations, keep the best (1: off)")
+    parser.add_argument("--relinearize", type=int, default=0,
+                        help="ilp: rounds of re-measuring the sensitivities around the allocation (0: off)")
     parser.add_argument("--loss", default="auto", choices=LOSSES,
                         help="sensitivity loss (auto: ce with labels, cosine for embeddings, else kl)")
     parser.add_argument("--n-eval", type=int, default=None,
@@ -207,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         proxy = args.proxy or DEFAULT_PROXY.get(name, "hessian")
         rows += run_model(name, entry, proxy, max_samples, budgets, base, policies,
                           tuple(int(b) for b in args.weight_bits.split(",") if b.strip()), args.context_bits,
-                          args.refine, args.loss)
+                          args.refine, args.loss, args.relinearize)
         write(args.json, rows, args.quick)  # after each model: a later crash keeps these rows
     verdicts = write(args.json, rows, args.quick)
     print("\n".join(verdicts))

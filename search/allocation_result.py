@@ -47,6 +47,9 @@ class Allocation:
         status: ``"optimal"`` (proven), ``"feasible"`` (solver time limit hit before
             proving optimality), ``"heuristic"`` (baseline policies) or
             ``"alternative"`` (a runner-up of :func:`~quantune.search.allocation.ilp_alternatives`).
+            ``"relinearized"``: the optimum of the program over a table measured around an
+            earlier allocation (:mod:`quantune.search.allocation_relinearize`); its layer
+            sensitivities are the float-linearized table's.
         binding: Budget fields that limited the allocation. For ``ilp`` and
             ``exhaustive``: those whose removal would lower the predicted loss. For the
             baselines: those that forced the last step down.

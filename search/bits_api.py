@@ -15,7 +15,7 @@ allocating the same model under several budgets measures once. Pass a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,9 @@ from quantune.search.allocation import allocate_bits as allocate_from_specs
 from quantune.search.allocation_names import match_names
 from quantune.search.allocation_problem import BitRange, PinValue
 from quantune.search.allocation_refine import Refinement, choose_measured, measured_losses
+from quantune.search.allocation_relinearize import Cell, RelinearizationRound, relinearize
+from quantune.search.allocation_result import LayerChoice
+from quantune.search.allocation_types import LayerSpec
 from quantune.search.latency_table import measure_latency
 from quantune.search.sensitivity import DEFAULT_MAX_SAMPLES, measure_sensitivity, resolved_loss
 from quantune.search.sensitivity_table import Candidates, SensitivityTable
@@ -70,6 +73,10 @@ class AllocationOptions:
         context_bits: ``loss`` proxy: measure each layer with every other layer's weights
             at this width instead of float (the table linearized near the budget; see
             :func:`~quantune.search.sensitivity.measure_sensitivity`).
+        relinearize: ``ilp`` policy, ``loss`` proxy: up to this many rounds of measuring
+            the table again around the allocation, solving again, and keeping the new
+            allocation when its measured loss is significantly lower (gate ``refine_z``;
+            see :mod:`quantune.search.allocation_relinearize`); 0 is off.
         solver_time_limit_s: CBC time limit.
         show_progress: Progress bars with ETA.
     """
@@ -95,6 +102,7 @@ class AllocationOptions:
     context_bits: int | None = None
     refine: int = 4
     refine_z: float = 2.0
+    relinearize: int = 0
     solver_time_limit_s: float = 60.0
     show_progress: bool = True
 
@@ -183,6 +191,11 @@ def allocate_bits(
         UserInputError: Bad options, pins or names.
     """
     options = (options or AllocationOptions()).replace(**kwargs)
+    if options.relinearize < 0:
+        raise UserInputError(f"relinearize must be >= 0 rounds, got {options.relinearize}")
+    if options.relinearize and options.proxy != "loss":
+        raise UserInputError(f"relinearize measures the loss around an allocation: it needs proxy='loss', "
+                             f"not {options.proxy!r}")
     budget = as_budget(budget)
     if isinstance(model, PreparedModel):
         prepared = model
@@ -195,43 +208,76 @@ def allocate_bits(
         if name in kept_float:  # before measuring: say why, not just "matches no layer"
             raise UserInputError(f"{name!r} is kept float ({kept_float[name]}); it has no bit width "
                                  "to pin or group: leave it out.")
-    table = measure_sensitivity(
-        prepared, candidates=options.candidates, proxy=options.proxy, loss=options.loss,
-        base_config=options.base_config, max_samples=options.max_samples, seed=options.seed,
-        cache_path=options.cache_path, storage=options.storage,
-        hessian_probes=options.hessian_probes, context_bits=options.context_bits,
-        show_progress=options.show_progress)
+
+    def table_around(cells: Mapping[str, Cell] | None) -> SensitivityTable:
+        return measure_sensitivity(
+            prepared, candidates=options.candidates, proxy=options.proxy, loss=options.loss,
+            base_config=options.base_config, max_samples=options.max_samples, seed=options.seed,
+            cache_path=options.cache_path, storage=options.storage,
+            hessian_probes=options.hessian_probes,
+            context_bits=options.context_bits if cells is None else None, context_cells=cells,
+            show_progress=options.show_progress)
+
+    table = table_around(None)
     latency = None
     if _needs_latency(options, budget):
         latency = measure_latency(prepared, options.candidates.cells(), base_config=options.base_config,
                                   batch_size=options.latency_batch_size, show_progress=options.show_progress)
-    specs = table.layer_specs(layer_rows(prepared), latency=latency,
-                              keep_float=_expand(options.keep_float, prepared.layer_names),
-                              monotone=options.monotone)
+    keep_float = _expand(options.keep_float, prepared.layer_names)
+
+    def specs_of(t: SensitivityTable) -> list[LayerSpec]:
+        return t.layer_specs(layer_rows(prepared), latency=latency, keep_float=keep_float,
+                             monotone=options.monotone)
+
+    specs = specs_of(table)
     restrictions = dict(pins=pins, bit_ranges=options.bit_ranges, groups=options.groups,
                         keep_float=options.keep_float, solver_time_limit_s=options.solver_time_limit_s)
-    if options.policy != "ilp" or options.refine <= 1:
-        result = allocate_from_specs(specs, budget, policy=options.policy, **restrictions)
+    if options.policy != "ilp":
+        return with_measurement(allocate_from_specs(specs, budget, policy=options.policy, **restrictions), table)
+    alternatives = ilp_alternatives(specs, budget, count=max(options.refine, 1), **restrictions)
+    result, refinement = alternatives[0], None
+    if len(alternatives) == 1 and not options.relinearize:
         return with_measurement(result, table)
-    alternatives = ilp_alternatives(specs, budget, count=options.refine, **restrictions)
-    if len(alternatives) == 1:  # the budget admits one allocation: nothing to compare
-        return with_measurement(alternatives[0], table)
     # The samples and loss the sensitivities were measured on.
     batches = list(prepared.calibration_data(options.max_samples, options.seed))
     loss_name = resolved_loss(prepared, batches, options.loss)
-    measured = measured_losses(prepared, alternatives, options.base_config, batches, loss_name,
-                               options.show_progress)
-    result, refinement = choose_measured(alternatives, measured, loss_name, options.refine_z)
-    return with_measurement(result, table, refinement)
+    if len(alternatives) > 1:  # with one (refine off, or the only allocation) nothing to compare
+        measured = measured_losses(prepared, alternatives, options.base_config, batches, loss_name,
+                                   options.show_progress)
+        result, refinement = choose_measured(alternatives, measured, loss_name, options.refine_z)
+    rounds: tuple[RelinearizationRound, ...] = ()
+    if options.relinearize:
+        result, rounds = relinearize(
+            prepared, result, rounds=options.relinearize, table_around=table_around,
+            solve=lambda t: allocate_from_specs(specs_of(t), budget, policy="ilp", **restrictions),
+            batches=batches, loss_name=loss_name, base_config=options.base_config, z=options.refine_z,
+            show_progress=options.show_progress)
+        if any(r.accepted for r in rounds):
+            # Report the layer costs of the float-linearized table, so that the predicted loss
+            # means the same for every allocation.
+            result = dataclasses.replace(result, status="relinearized", layers=repriced(result.layers, specs))
+    return with_measurement(result, table, refinement, rounds)
 
 
 def _expand(patterns: Iterable[str], names: list[str]) -> list[str]:
     return [names[i] for p in patterns for i in match_names(p, names)]
 
 
+def repriced(layers: Iterable[LayerChoice], specs: Iterable[LayerSpec]) -> tuple[LayerChoice, ...]:
+    """The choices with their costs looked up in ``specs`` (another table's prices)."""
+    by_name = {spec.name: spec for spec in specs}
+    out = []
+    for choice in layers:
+        option = by_name[choice.name].option((choice.w_bits, choice.a_bits))
+        out.append(choice if option is None else dataclasses.replace(choice, sensitivity=option.sensitivity))
+    return tuple(out)
+
+
 def with_measurement(allocation: Allocation, table: SensitivityTable,
-                     refinement: Refinement | None = None) -> ModelAllocation:
-    """Attach the sensitivity table's provenance (and the refinement's figures) to an allocation."""
+                     refinement: Refinement | None = None,
+                     rounds: Sequence[RelinearizationRound] = ()) -> ModelAllocation:
+    """Attach the sensitivity table's provenance (and the refinement's and relinearization's
+    figures) to an allocation."""
     fields = {f.name: getattr(allocation, f.name) for f in dataclasses.fields(Allocation)}
     measurement = {
         "proxy": table.proxy, "loss": table.loss, "weight_bits": list(table.candidates.weight_bits),
@@ -241,6 +287,8 @@ def with_measurement(allocation: Allocation, table: SensitivityTable,
     }
     if refinement is not None:
         measurement["refine"] = refinement.to_dict()
+    if rounds:
+        measurement["relinearize"] = [r.to_dict() for r in rounds]
     return ModelAllocation(**fields, measurement=measurement, sensitivity=table)
 
 

@@ -25,8 +25,10 @@ for another budget or with more candidates, only measures what is missing.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ from quantune.search.sensitivity_cache import (
     open_store,
 )
 from quantune.search.sensitivity_hessian import output_hessian_traces
-from quantune.search.sensitivity_layers import base_signature, quantized_layers
+from quantune.search.sensitivity_layers import base_signature, layers_at, quantized_layers
 from quantune.search.sensitivity_losses import loss_function, output_tensor, resolve_loss
 from quantune.search.sensitivity_table import (
     PROXIES,
@@ -85,7 +87,7 @@ def _measure(
     hessian_probes: int,
     seed: int,
     show_progress: bool,
-    context: Cell | None = None,
+    context: Cell | Mapping[str, Cell] | None = None,
 ) -> dict[str, dict[Cell, float]]:
     """Measure ``cells`` of ``names`` with one proxy (no caching here)."""
     loss = loss_function(loss_name)
@@ -104,8 +106,14 @@ def _measure(
                       enable=show_progress) as bar:
         tick = lambda: bar.update(1)  # noqa: E731
         if proxy == "loss":
-            around = quantized_layers(prepared, base, context) if context is not None else None
-            return probes.measure_loss(model, names, cells, batches, loss, layers_for, tick, around)
+            cells_around = None
+            if isinstance(context, Mapping):
+                cells_around = dict(context)
+            elif context is not None:
+                cells_around = dict.fromkeys(prepared.layer_names, context)
+            around = layers_at(prepared, base, cells_around) if cells_around is not None else None
+            return probes.measure_loss(model, names, cells, batches, loss, layers_for, tick, around,
+                                       cells_around)
         error = probes.measure_output_error(model, names, cells, batches, layers_for, tick)
         if proxy == "output_mse":
             return error.relative()
@@ -116,6 +124,15 @@ def _measure(
                                        tick=_every(n_probes, tick))
         sse = error.per_sample()
         return {n: {c: 0.5 * traces[n] * e for c, e in sse[n].items()} for n in names}
+
+
+def context_signature(context: Cell | Mapping[str, Cell]) -> str:
+    """The cache-key part of a context: ``"4,8"`` for one width everywhere, a digest of
+    the per-layer cells for an allocation."""
+    if not isinstance(context, Mapping):
+        return cell_key(context)
+    text = json.dumps(sorted((n, cell_key(c)) for n, c in context.items()))
+    return "cells:" + hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def _every(n: int, tick: Any) -> Any:
@@ -151,6 +168,7 @@ def measure_sensitivity(
     storage: str | None = None,
     hessian_probes: int = 4,
     context_bits: int | None = None,
+    context_cells: Mapping[str, Cell] | None = None,
     show_progress: bool = True,
 ) -> SensitivityTable:
     """Measure the sensitivity table of a prepared model.
@@ -177,6 +195,11 @@ def measure_sensitivity(
             then linearized around a model near the budget, where the allocation lands,
             instead of around float: a layer whose error only hurts on top of the others'
             (compounding low-bit noise) shows it. Default: around float.
+        context_cells: ``loss`` proxy only: ``{layer: (w_bits, a_bits)}``; every layer not
+            being probed runs at its own cell (layers left out stay float), and a cell's
+            value is the loss increase over that model: the table linearized around an
+            allocation (see :mod:`quantune.search.allocation_relinearize`). Exclusive
+            with ``context_bits``.
         show_progress: Show a progress bar with ETA.
 
     Returns:
@@ -188,12 +211,20 @@ def measure_sensitivity(
     """
     if proxy not in PROXIES:
         raise UserInputError(f"unknown sensitivity proxy {proxy!r}; use one of {PROXIES}")
-    if context_bits is not None and proxy != "loss":
-        raise UserInputError(f"context_bits needs the 'loss' proxy (the {proxy!r} proxy measures each "
-                             "layer on float inputs); drop context_bits or use proxy='loss'")
+    for what, given in (("context_bits", context_bits), ("context_cells", context_cells)):
+        if given is not None and proxy != "loss":
+            raise UserInputError(f"{what} needs the 'loss' proxy (the {proxy!r} proxy measures each "
+                                 f"layer on float inputs); drop {what} or use proxy='loss'")
+    if context_bits is not None and context_cells is not None:
+        raise UserInputError("give context_bits or context_cells, not both")
     candidates = candidates or Candidates()
-    context = None
-    if context_bits is not None:
+    context: Cell | dict[str, Cell] | None = None
+    if context_cells is not None:
+        unknown_context = sorted(set(context_cells) - set(prepared.layer_names))
+        if unknown_context:
+            raise UserInputError(f"context_cells names unknown layers {unknown_context}")
+        context = {n: (int(c[0]), int(c[1])) for n, c in context_cells.items()}
+    elif context_bits is not None:
         if context_bits not in candidates.weight_bits:
             raise UserInputError(f"context_bits={context_bits} is not a candidate weight width "
                                  f"{candidates.weight_bits}")
@@ -212,7 +243,7 @@ def measure_sensitivity(
     loss_name = resolved_loss(prepared, batches, loss)
     # Without a context the key has no context part, so caches written before the option
     # existed stay valid.
-    around = {} if context is None else {"context": cell_key(context)}
+    around = {} if context is None else {"context": context_signature(context)}
     key = cache_key(model=model_fingerprint(prepared.float_model, prepared.layer_names),
                     data=data_fingerprint(batches), base=base_signature(base), proxy=proxy,
                     loss=loss_name, probes=str(hessian_probes) if proxy == "hessian" else "",
@@ -242,7 +273,8 @@ def measure_sensitivity(
         proxy=proxy, loss="relative_output_mse" if proxy == "output_mse" else loss_name,
         candidates=candidates, values=values,
         n_samples=sum(probes.batch_size(b) for b in batches), measured=measured,
-        cached=total_wanted - measured, seconds=time.perf_counter() - start, context_bits=context_bits)
+        cached=total_wanted - measured, seconds=time.perf_counter() - start, context_bits=context_bits,
+        context_cells=context if isinstance(context, dict) else None)
 
 
 __all__ = ["DEFAULT_MAX_SAMPLES", "Candidates", "SensitivityTable", "measure_sensitivity", "resolved_loss"]

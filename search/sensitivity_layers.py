@@ -22,7 +22,7 @@ evaluation sets, at several times the measuring cost (JSON:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from quantune.config import CalibrationProcedure, LayerQuantConfig, QuantConfig
@@ -49,10 +49,27 @@ def range_only(procedure: CalibrationProcedure) -> CalibrationProcedure:
     return CalibrationProcedure(max_samples=procedure.max_samples, seed=procedure.seed)
 
 
+def cells_config(base: QuantConfig, cells: Mapping[str, Cell]) -> QuantConfig:
+    """Each named layer at its own cell's widths, every other layer float; only range
+    calibration in the procedure."""
+    overrides = tuple((n, cell_layer_config(base.for_layer(n), cell)) for n, cell in cells.items())
+    return QuantConfig(default=None, overrides=overrides, procedure=range_only(base.procedure))
+
+
 def cell_config(base: QuantConfig, names: Iterable[str], cell: Cell) -> QuantConfig:
     """Every named layer at the cell's widths; only range calibration in the procedure."""
-    overrides = tuple((n, cell_layer_config(base.for_layer(n), cell)) for n in names)
-    return QuantConfig(default=None, overrides=overrides, procedure=range_only(base.procedure))
+    return cells_config(base, dict.fromkeys(names, cell))
+
+
+def layers_at(prepared: PreparedModel, base: QuantConfig, cells: Mapping[str, Cell]
+              ) -> dict[str, QuantizedLayer]:
+    """``{layer: QuantizedLayer}`` with each layer at its own cell, in ``simulate`` mode,
+    detached from any model (a layer the base keeps float is left out)."""
+    qmodel = prepared.quantize(cells_config(base, cells), mode="simulate")
+    layers = qmodel.quantized_layers()
+    for layer in layers.values():
+        layer.requires_grad_(False)
+    return {n: layers[n] for n in cells if n in layers}
 
 
 def quantized_layers(
@@ -60,11 +77,7 @@ def quantized_layers(
 ) -> dict[str, QuantizedLayer]:
     """``{layer: QuantizedLayer}`` at one cell, in ``simulate`` mode, detached from any model."""
     names = list(names) if names is not None else prepared.layer_names
-    qmodel = prepared.quantize(cell_config(base, names, cell), mode="simulate")
-    layers = qmodel.quantized_layers()
-    for layer in layers.values():
-        layer.requires_grad_(False)
-    return {n: layers[n] for n in names if n in layers}
+    return layers_at(prepared, base, dict.fromkeys(names, cell))
 
 
 def base_signature(base: QuantConfig) -> str:

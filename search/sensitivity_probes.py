@@ -72,12 +72,15 @@ def measure_loss(
     layers_for: LayerFactory,
     tick: Callable[[], None],
     context: Mapping[str, QuantizedLayer] | None = None,
+    context_cells: Mapping[str, Cell] | None = None,
 ) -> dict[str, dict[Cell, float]]:
     """Loss increase with one layer quantized at a time (``tick`` after each (layer, cell)).
 
     With ``context`` (``{layer: QuantizedLayer}``), every other layer runs in its context
     version instead of float, and the value is the loss increase over the all-context
     model: the sensitivity linearized around that model rather than around float.
+    ``context_cells`` names the cell each context layer is at: probing a layer at its
+    own cell changes nothing, so it is 0 without a pass.
     """
     work = copy.deepcopy(float_model).eval()
     ref = float_reference(work, batches, loss)
@@ -92,7 +95,9 @@ def measure_loss(
         qlayers = layers_for(cell)
         for name in names:
             q = qlayers.get(name)
-            if q is None:  # a layer the config keeps float costs nothing
+            if q is None or (context_cells or {}).get(name) == cell:
+                # A layer the config keeps float costs nothing; nor does a layer probed at
+                # the cell it already runs at.
                 values[name][cell] = 0.0
                 tick()
                 continue

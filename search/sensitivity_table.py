@@ -118,6 +118,8 @@ class SensitivityTable:
         seconds: Wall-clock time of the new measurements.
         context_bits: The weight width every other layer ran at while one layer was
             probed (``None``: float, the table is linearized around the float model).
+        context_cells: The cell every other layer ran at while one layer was probed,
+            when the table is linearized around an allocation (``None`` otherwise).
     """
 
     proxy: str
@@ -130,6 +132,7 @@ class SensitivityTable:
     seconds: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
     context_bits: int | None = None
+    context_cells: Mapping[str, Cell] | None = None
 
     @property
     def layer_names(self) -> list[str]:
@@ -180,6 +183,8 @@ class SensitivityTable:
                            "cross": self.candidates.cross},
             "n_samples": self.n_samples, "measured": self.measured, "cached": self.cached,
             "seconds": self.seconds, "notes": list(self.notes), "context_bits": self.context_bits,
+            "context_cells": None if self.context_cells is None else
+            {n: cell_key(c) for n, c in self.context_cells.items()},
             "values": {n: {cell_key(c): v for c, v in cells.items()}
                        for n, cells in self.values.items()},
         }
@@ -196,6 +201,8 @@ class SensitivityTable:
                            for i, (x, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
         lines.insert(1, "-" * len(lines[0]))
         around = "" if self.context_bits is None else f" around W{self.context_bits}"
+        if self.context_cells is not None:
+            around = " around an allocation"
         lines.append(f"proxy {self.proxy}{around} (loss {self.loss}), {self.n_samples} samples, "
                      f"{self.measured} cells measured, {self.cached} cached")
         return "\n".join(lines)

@@ -245,3 +245,58 @@ def test_context_needs_the_loss_proxy_and_a_candidate_width(prepared) -> None:
         measure_sensitivity(prepared, candidates=SMALL, proxy="output_mse", context_bits=4)
     with pytest.raises(UserInputError, match="not a candidate"):
         measure_sensitivity(prepared, candidates=SMALL, proxy="loss", context_bits=6)
+
+
+def test_sensitivity_around_an_allocation_is_the_loss_increase_over_it(prepared, monkeypatch) -> None:
+    from quantune.config import ActQuant, LayerQuantConfig, QuantConfig, WeightQuant
+    from quantune.search import sensitivity_probes
+
+    passes: list[int] = []
+    real_pass = sensitivity_probes.mean_loss_increase
+    monkeypatch.setattr(sensitivity_probes, "mean_loss_increase",
+                        lambda *a, **k: passes.append(1) or real_pass(*a, **k))
+
+    cands = Candidates(weight_bits=(2, 4, 8), act_bits=(8,))
+    names = prepared.layer_names
+    # A mixed allocation: alternate 2- and 8-bit weights, the last layer left float.
+    cells = {n: ((2, 8) if i % 2 == 0 else (8, 8)) for i, n in enumerate(names[:-1])}
+    table = measure_sensitivity(prepared, candidates=cands, proxy="loss", max_samples=32,
+                                context_cells=cells, show_progress=False)
+    assert table.context_cells == cells and "around an allocation" in table.to_table()
+    assert table.to_dict()["context_cells"][names[0]] == "2,8"
+    batches = list(prepared.calibration_data(32, 0))
+
+    def widths(w_of: dict[str, int]) -> QuantConfig:
+        layers = {n: c[0] for n, c in cells.items()} | w_of
+        return QuantConfig(default=None, overrides=tuple(
+            (n, LayerQuantConfig(WeightQuant(bits=w), ActQuant(bits=8)) if w else None)
+            for n, w in ((n, layers.get(n)) for n in names)))
+
+    around = _ce_of(prepared, widths({}), batches)
+    for name in (names[0], names[1], names[-1]):
+        own = cells.get(name)
+        for w in (2, 4, 8):
+            if own is not None and w == own[0]:
+                assert table.value(name, w, 8) == 0.0  # its own cell: the allocation itself
+                continue
+            expected = _ce_of(prepared, widths({name: w}), batches) - around
+            assert table.value(name, w, 8) == pytest.approx(expected, rel=1e-4, abs=1e-6), (name, w)
+    # One pass for the allocation itself, then every (layer, width) but each layer's own cell.
+    assert len(passes) == 1 + len(names) * 3 - len(cells)
+    # Cached under its own key: measuring again costs nothing, another allocation does.
+    again = measure_sensitivity(prepared, candidates=cands, proxy="loss", max_samples=32,
+                                context_cells=cells, show_progress=False)
+    assert again.measured == 0 and again.values == table.values
+    other = dict(cells, **{names[0]: (8, 8)})
+    assert measure_sensitivity(prepared, candidates=cands, proxy="loss", max_samples=32,
+                               context_cells=other, show_progress=False).measured > 0
+
+
+def test_allocation_context_needs_the_loss_proxy_and_known_layers(prepared) -> None:
+    cells = {prepared.layer_names[0]: (4, 8)}
+    with pytest.raises(UserInputError, match="context_cells needs the 'loss' proxy"):
+        measure_sensitivity(prepared, candidates=SMALL, proxy="output_mse", context_cells=cells)
+    with pytest.raises(UserInputError, match="not both"):
+        measure_sensitivity(prepared, candidates=SMALL, proxy="loss", context_cells=cells, context_bits=4)
+    with pytest.raises(UserInputError, match="unknown layers"):
+        measure_sensitivity(prepared, candidates=SMALL, proxy="loss", context_cells={"nope": (4, 8)})
