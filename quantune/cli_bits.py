@@ -59,6 +59,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--refine-z", type=float, default=2.0, metavar="Z",
                    help="paired z-score an alternative must beat the optimum by (default 2; 0: least "
                         "measured loss wins)")
+    p.add_argument("--relinearize", type=int, default=0, metavar="ROUNDS",
+                   help="ilp, loss proxy: measure the sensitivities again around the allocation and "
+                        "solve again, up to ROUNDS times; a new allocation is kept only when it measures "
+                        "significantly better (--refine-z; default 0: off)")
     p.add_argument("--loss", default="auto", choices=LOSSES)
     p.add_argument("--weight-bits", type=_int_list, default=(2, 3, 4, 6, 8), help="candidates, e.g. 2,3,4,6,8")
     p.add_argument("--act-bits", type=_int_list, default=(4, 8), help="candidates, e.g. 4,8")
@@ -147,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
         groups=tuple(tuple(n for n in g.split(",") if n) for g in args.group),
         keep_float=tuple(args.keep_float), base_config=base, max_samples=args.max_samples,
         seed=args.seed, cache_path=cache, storage=args.storage, latency=True if args.latency else None,
-        refine=args.refine, refine_z=args.refine_z, show_progress=not args.quiet)
+        refine=args.refine, refine_z=args.refine_z, relinearize=args.relinearize,
+        show_progress=not args.quiet)
     model, calib = _inputs(args)
     allocation = allocate_bits(model, calib, args.budget, pins=parse_pins(args.pins), options=options)
     if args.show_sensitivity and allocation.sensitivity is not None:

@@ -41,6 +41,7 @@ def test_bits_writes_allocation_config_and_cache(tmp_path, capsys) -> None:
     (["--budget", "avg-bits=4", "--pins", '{"nope": 8}'], "matches no layer"),
     (["--budget", "speed=fast"], "cannot parse budget"),
     (["--budget", "avg-bits=4", "--bit-range", "fc"], "LAYER=LO:HI"),
+    (["--budget", "avg-bits=4", "--relinearize", "1"], "needs proxy='loss'"),
 ])
 def test_user_errors_exit_2(tmp_path, capsys, extra: list[str], message: str) -> None:
     rc = main(["bits", *FAST, "--no-cache", "--out", str(tmp_path / "a.json"), *extra])
@@ -51,3 +52,12 @@ def test_user_errors_exit_2(tmp_path, capsys, extra: list[str], message: str) ->
 def test_missing_model_exits_2(capsys) -> None:
     assert main(["bits", "--budget", "avg-bits=4", "--quiet"]) == 2
     assert "--example" in capsys.readouterr().err
+
+
+def test_relinearize_rounds_are_recorded(tmp_path) -> None:
+    out = tmp_path / "alloc.json"
+    loss_proxy = [a if a != "output_mse" else "loss" for a in FAST]
+    rc = main(["bits", *loss_proxy, "--no-cache", "--budget", "avg-bits=3", "--relinearize", "2", "--out", str(out)])
+    assert rc == 0
+    rounds = json.loads(out.read_text())["measurement"]["relinearize"]
+    assert 1 <= len(rounds) <= 2 and {"changed_layers", "z_score", "accepted"} <= set(rounds[0])
