@@ -27,7 +27,7 @@ from quantune.search.allocation_apply import apply_allocation
 from quantune.search.allocation_baselines import solve_greedy, solve_uniform
 from quantune.search.allocation_budget import Budget
 from quantune.search.allocation_exhaustive import solve_exhaustive
-from quantune.search.allocation_ilp import next_best_ilp, solve_ilp
+from quantune.search.allocation_ilp import next_best_ilp, solve_ilp, solve_near
 from quantune.search.allocation_problem import (
     AllocationProblem,
     BitRange,
@@ -56,6 +56,7 @@ __all__ = [
     "allocate_bits",
     "apply_allocation",
     "ilp_alternatives",
+    "ilp_near",
 ]
 
 #: A policy maps a reduced problem and a time limit to
@@ -212,3 +213,36 @@ def ilp_alternatives(
         selections.append(nxt)
     return [_allocation(problem, sel, "ilp", status if i == 0 else "alternative", binding)
             for i, sel in enumerate(selections)]
+
+
+def ilp_near(
+    layers: Sequence[LayerSpec],
+    budget: Budget | str | Mapping[str, float] | None,
+    current: Mapping[str, tuple[int, int]],
+    *,
+    max_changes: int | None = None,
+    pins: Mapping[str, PinValue] | None = None,
+    bit_ranges: Mapping[str, BitRange] | None = None,
+    groups: Iterable[Iterable[str]] | None = None,
+    keep_float: Iterable[str] | None = None,
+    solver_time_limit_s: float = 60.0,
+) -> Allocation | None:
+    """The least-loss allocation that changes at most ``max_changes`` layers (units of
+    grouped layers) of ``current`` (``{name: (w_bits, a_bits)}``, float layers left out),
+    or ``None`` when no allocation within that distance has a lower predicted loss.
+
+    ``max_changes=None`` puts no limit on the distance. Other arguments as in
+    :func:`allocate_bits`; ``current`` must be one of the problem's allocations.
+    """
+    problem = build_problem(layers, _as_budget(budget), pins=pins, bit_ranges=bit_ranges,
+                            groups=groups, keep_float=keep_float)
+    start = problem.selection_of(current)
+    limit = len(problem.units) if max_changes is None else max_changes
+    selection = solve_near(problem, start, limit, solver_time_limit_s)
+    if selection is None:
+        return None
+    before, after = problem.loss(start), problem.loss(selection)
+    # CBC's tolerance can return the start itself or a different selection of equal loss.
+    if after >= before - 1e-9 * max(1.0, abs(before)):
+        return None
+    return _allocation(problem, selection, "ilp", "optimal", ())

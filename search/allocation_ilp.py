@@ -139,6 +139,19 @@ def next_best_ilp(problem: AllocationProblem, known: Sequence[Sequence[int]], ti
     return result.selection
 
 
+def solve_near(problem: AllocationProblem, selection: Sequence[int], max_changes: int,
+               time_limit_s: float) -> list[int] | None:
+    """The least-loss selection under every budget that changes at most ``max_changes``
+    units of ``selection`` (a trust region around it), or ``None`` when none is feasible."""
+    if max_changes < 0:
+        raise ValueError(f"max_changes must be >= 0, got {max_changes}")
+    moved = [[0.0 if c == current else 1.0 for c in range(len(u.choices))]
+             for u, current in zip(problem.units, selection, strict=True)]
+    result = _solve_verified(problem, _loss_table(problem), problem.rows, time_limit_s,
+                             extra=[(moved, float(max_changes))])
+    return result.selection
+
+
 def min_feasible_value(problem: AllocationProblem, row: BudgetRow, time_limit_s: float
                        ) -> float | None:
     """Smallest value of one budget that is feasible with every other budget kept.

@@ -99,6 +99,24 @@ class AllocationProblem:
                 chosen[i] = self.options[i][unit.choices[c].key]
         return [o for o in chosen if o is not None]
 
+    def selection_of(self, cells: Mapping[str, tuple[int, int]]) -> list[int]:
+        """The selection (one choice index per unit) that gives each layer its cell in
+        ``cells`` (``{name: (w_bits, a_bits)}``; a layer left out is float).
+
+        Raises:
+            UserInputError: A layer's cell is not among its unit's choices.
+        """
+        selection = []
+        for unit in self.units:
+            name = self.layers[unit.layers[0]].name
+            key = cells.get(name, (FLOAT_BITS, FLOAT_BITS))
+            index = next((c for c, ch in enumerate(unit.choices) if ch.key == key), None)
+            if index is None:
+                raise UserInputError(f"{name}: {key} is not one of its allowed choices "
+                                     f"{[ch.key for ch in unit.choices]}")
+            selection.append(index)
+        return selection
+
     def check_each_budget(self) -> None:
         """Raise if a single budget is below its smallest reachable value.
 

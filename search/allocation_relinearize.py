@@ -4,23 +4,28 @@ The integer program minimizes a sum of one-layer-at-a-time loss increases measur
 around the float model. Under a tight budget the allocation puts many layers at low
 widths at once, where their errors compound or cancel, and the sum mispredicts the
 loss (MiniLM-L6 at 3 average bits: 0.133 predicted, 0.147 measured). The table is a
-first-order model of the loss, and it is accurate only near the point it was taken at.
+first-order model of the loss, accurate only near the point it was taken at.
 
-``relinearize=k`` (:class:`~quantune.search.bits_api.AllocationOptions`) takes up to k
-steps of sequential linear programming over the allocation:
+``relinearize=k`` (:class:`~quantune.search.bits_api.AllocationOptions`) runs up to k
+rounds of sequential linear programming with a trust region:
 
 1. measure each layer's cost of moving from its allocated cell to every other
    candidate cell while every other layer stays at its allocated cell (a table
-   linearized around the allocation: the own cell costs 0, wider cells cost less than
+   linearized around the allocation: the own cell costs 0, wider cells less than
    nothing);
-2. solve the same program (budget, pins, groups, ranges) over that table;
-3. quantize the proposal and measure its loss on the same samples, paired with the
-   current allocation's; the proposal replaces it only when it is significantly better
-   (paired z-score below ``-z``, the gate of :mod:`quantune.search.allocation_refine`).
+2. solve the same program (budget, pins, groups, ranges) over that table, first with no
+   limit on how many layers change, and quantize the proposal and measure its loss on
+   the same samples, paired with the current allocation's;
+3. keep the proposal only when it is significantly better (paired z-score below ``-z``,
+   the gate of :mod:`quantune.search.allocation_refine`); otherwise solve again
+   allowing half as many layers to change as the rejected proposal did (a linear
+   model is trusted over shorter steps), down to a single layer.
 
-The rounds stop at the first proposal that is not accepted or equals the current
-allocation. A round costs one probe per layer and candidate cell (the table's price,
-less the probes at each layer's own cell) plus two model evaluations.
+A round costs one probe per layer and candidate cell (the table's price, less the
+probes at each layer's own cell) plus one evaluation per proposal; the rounds stop
+when no proposal of a round is kept. Measured on the allocation benchmark, the full
+step moves 9-26 layers and loses on every budget of both models: the trust region is
+what can make a step pay.
 """
 
 from __future__ import annotations
@@ -31,35 +36,43 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from quantune.config import QuantConfig
 from quantune.prepare import PreparedModel
-from quantune.search.allocation_refine import measured_losses, paired_z_scores
+from quantune.search.allocation_refine import MeasuredLosses, measured_losses, paired_z_scores
 from quantune.search.allocation_result import Allocation
 from quantune.search.sensitivity_table import SensitivityTable
 
 Cell = tuple[int, int]
 #: Measures the table linearized around ``{layer: cell}``.
 TableAround = Callable[[Mapping[str, Cell]], SensitivityTable]
-#: Solves the allocation program over a table.
-Solve = Callable[[SensitivityTable], Allocation]
+#: Solves the program over a table, changing at most ``max_changes`` layers of the
+#: allocation (``None``: any number): ``(proposal, predicted loss change)``, or ``None``
+#: when no allocation within that distance is predicted better.
+SolveNear = Callable[[SensitivityTable, Allocation, "int | None"], "tuple[Allocation, float] | None"]
 
 
 @dataclasses.dataclass(frozen=True)
-class RelinearizationRound:
-    """One round: what the program proposed and what it measured.
+class RelinearizationStep:
+    """One proposal: how far it moved, what it predicted and what it measured.
 
     Attributes:
+        round: Round of the proposal (each round measures one table).
+        max_changes: Trust region it was solved in (``None``: no limit).
         changed_layers: Layers whose cell the proposal changes.
-        predicted_change: The proposal's predicted loss change over the current
-            allocation (the relinearized program's objective).
+        predicted_change: Its predicted loss change over the current allocation (the
+            relinearized program's objective difference; negative: better).
         measured_before: Measured loss increase over float of the current allocation.
-        measured_after: The same for the proposal (``nan`` when nothing changed).
+        measured_after: The same for the proposal.
         z_score: Paired z-score of the proposal against the current allocation
             (negative: better).
         accepted: Whether the proposal replaced the current allocation.
-        seconds: Wall time of the round.
+        seconds: Wall time of the step (the round's table included in its first step).
     """
 
+    round: int
+    max_changes: int | None
     changed_layers: int
     predicted_change: float
     measured_before: float
@@ -69,15 +82,14 @@ class RelinearizationRound:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        def finite(x: float) -> float | str | None:
-            # Strict JSON has neither NaN nor infinity.
-            if math.isnan(x):
-                return None
+        def finite(x: float) -> float | str:
+            # Strict JSON has no infinity.
             return x if math.isfinite(x) else ("-inf" if x < 0 else "inf")
 
-        return {"changed_layers": self.changed_layers, "predicted_change": finite(self.predicted_change),
-                "measured_before": finite(self.measured_before), "measured_after": finite(self.measured_after),
-                "z_score": finite(self.z_score), "accepted": self.accepted, "seconds": round(self.seconds, 3)}
+        return {"round": self.round, "max_changes": self.max_changes, "changed_layers": self.changed_layers,
+                "predicted_change": finite(self.predicted_change), "measured_before": finite(self.measured_before),
+                "measured_after": finite(self.measured_after), "z_score": finite(self.z_score),
+                "accepted": self.accepted, "seconds": round(self.seconds, 3)}
 
 
 def allocation_cells(allocation: Allocation) -> dict[str, Cell]:
@@ -95,21 +107,21 @@ def relinearize(
     *,
     rounds: int,
     table_around: TableAround,
-    solve: Solve,
+    solve: SolveNear,
     batches: Sequence[Any],
     loss_name: str,
     base_config: QuantConfig | None = None,
     z: float = 2.0,
     show_progress: bool = True,
-) -> tuple[Allocation, tuple[RelinearizationRound, ...]]:
-    """Up to ``rounds`` relinearization steps from ``start`` (see the module docstring).
+) -> tuple[Allocation, tuple[RelinearizationStep, ...]]:
+    """Up to ``rounds`` relinearization rounds from ``start`` (see the module docstring).
 
     Args:
         prepared: The model the allocation is for.
         start: The allocation to start from (the ILP's answer).
-        rounds: Maximum number of rounds (0 returns ``start``).
+        rounds: Maximum number of rounds, each measuring one table (0 returns ``start``).
         table_around: Measures the sensitivity table around ``{layer: cell}``.
-        solve: Solves the program over a table.
+        solve: Solves the program over a table within a trust region.
         batches: Samples the losses are measured on (those of the sensitivities).
         loss_name: The concrete loss (``ce``, ``kl``, ``top1-ce``, ``cosine``, ``mse``).
         base_config: Schemes and range methods the allocation is applied with.
@@ -117,34 +129,49 @@ def relinearize(
         show_progress: Progress bars with ETA.
 
     Returns:
-        ``(allocation, rounds)``: the last accepted allocation (its layer sensitivities
-        are those of the table it was solved over) and what each round did.
+        ``(allocation, steps)``: the last accepted allocation (its layer sensitivities
+        are those of the table it was solved over) and every proposal measured.
     """
     if rounds < 0:
         raise ValueError(f"rounds must be >= 0, got {rounds}")
     if z < 0:
         raise ValueError(f"z must be >= 0, got {z}")
-    current = start
-    history: list[RelinearizationRound] = []
-    for _ in range(rounds):
+
+    def losses(allocation: Allocation) -> MeasuredLosses:
+        return measured_losses(prepared, [allocation], base_config, batches, loss_name, show_progress=False)
+
+    current, current_losses = start, None
+    steps: list[RelinearizationStep] = []
+    for index in range(rounds):
         began = time.perf_counter()
-        proposal = solve(table_around(allocation_cells(current)))
-        changed = _changed(current, proposal)
-        if changed == 0:  # the program's answer around it is the allocation itself
-            history.append(RelinearizationRound(0, proposal.predicted_loss, math.nan, math.nan, 0.0, False,
-                                                time.perf_counter() - began))
+        table = table_around(allocation_cells(current))
+        limit: int | None = None
+        moved = False
+        while True:
+            found = solve(table, current, limit)
+            if found is None:  # nothing within the region is predicted better
+                break
+            proposal, predicted = found
+            changed = _changed(current, proposal)
+            if current_losses is None:
+                current_losses = losses(current)
+            proposal_losses = losses(proposal)
+            paired = np.concatenate([current_losses.per_sample, proposal_losses.per_sample])
+            z_score = float(paired_z_scores(paired)[1])
+            before, after = current_losses.increase[0], proposal_losses.increase[0]
+            accepted = (after < before) if z == 0 else z_score < -z
+            steps.append(RelinearizationStep(index, limit, changed, predicted, before, after, z_score,
+                                             accepted, time.perf_counter() - began))
+            began = time.perf_counter()
+            if accepted:
+                current, current_losses, moved = proposal, proposal_losses, True
+                break
+            if changed <= 1:
+                break
+            limit = changed // 2
+        if not moved:
             break
-        measured = measured_losses(prepared, [current, proposal], base_config, batches, loss_name,
-                                   show_progress)
-        z_score = float(paired_z_scores(measured.per_sample)[1])
-        before, after = measured.increase
-        accepted = (after < before) if z == 0 else z_score < -z
-        history.append(RelinearizationRound(changed, proposal.predicted_loss, before, after, z_score, accepted,
-                                            time.perf_counter() - began))
-        if not accepted:
-            break
-        current = proposal
-    return current, tuple(history)
+    return current, tuple(steps)
 
 
-__all__ = ["RelinearizationRound", "allocation_cells", "relinearize"]
+__all__ = ["RelinearizationStep", "allocation_cells", "relinearize"]

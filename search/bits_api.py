@@ -15,6 +15,7 @@ allocating the same model under several budgets measures once. Pass a
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +26,18 @@ from torch import nn
 from quantune.config import QuantConfig
 from quantune.errors import UserInputError
 from quantune.prepare import PreparedModel, prepare
-from quantune.search.allocation import Allocation, Budget, ilp_alternatives
+from quantune.search.allocation import Allocation, Budget, ilp_alternatives, ilp_near
 from quantune.search.allocation import _as_budget as as_budget
 from quantune.search.allocation import allocate_bits as allocate_from_specs
 from quantune.search.allocation_names import match_names
 from quantune.search.allocation_problem import BitRange, PinValue
 from quantune.search.allocation_refine import Refinement, choose_measured, measured_losses
-from quantune.search.allocation_relinearize import Cell, RelinearizationRound, relinearize
+from quantune.search.allocation_relinearize import (
+    Cell,
+    RelinearizationStep,
+    allocation_cells,
+    relinearize,
+)
 from quantune.search.allocation_result import LayerChoice
 from quantune.search.allocation_types import LayerSpec
 from quantune.search.latency_table import measure_latency
@@ -74,9 +80,10 @@ class AllocationOptions:
             at this width instead of float (the table linearized near the budget; see
             :func:`~quantune.search.sensitivity.measure_sensitivity`).
         relinearize: ``ilp`` policy, ``loss`` proxy: up to this many rounds of measuring
-            the table again around the allocation, solving again, and keeping the new
-            allocation when its measured loss is significantly lower (gate ``refine_z``;
-            see :mod:`quantune.search.allocation_relinearize`); 0 is off.
+            the table again around the allocation and solving again within a shrinking
+            trust region, keeping a new allocation when its measured loss is
+            significantly lower (gate ``refine_z``; see
+            :mod:`quantune.search.allocation_relinearize`); 0 is off.
         solver_time_limit_s: CBC time limit.
         show_progress: Progress bars with ETA.
     """
@@ -245,18 +252,26 @@ def allocate_bits(
         measured = measured_losses(prepared, alternatives, options.base_config, batches, loss_name,
                                    options.show_progress)
         result, refinement = choose_measured(alternatives, measured, loss_name, options.refine_z)
-    rounds: tuple[RelinearizationRound, ...] = ()
+    steps: tuple[RelinearizationStep, ...] | None = None
     if options.relinearize:
-        result, rounds = relinearize(
-            prepared, result, rounds=options.relinearize, table_around=table_around,
-            solve=lambda t: allocate_from_specs(specs_of(t), budget, policy="ilp", **restrictions),
+        def solve_near(t: SensitivityTable, current: Allocation, limit: int | None
+                       ) -> tuple[Allocation, float] | None:
+            around = specs_of(t)
+            proposal = ilp_near(around, budget, allocation_cells(current), max_changes=limit, **restrictions)
+            if proposal is None:
+                return None
+            now = math.fsum(c.sensitivity for c in repriced(current.layers, around))
+            return proposal, proposal.predicted_loss - now
+
+        result, steps = relinearize(
+            prepared, result, rounds=options.relinearize, table_around=table_around, solve=solve_near,
             batches=batches, loss_name=loss_name, base_config=options.base_config, z=options.refine_z,
             show_progress=options.show_progress)
-        if any(r.accepted for r in rounds):
+        if any(s.accepted for s in steps):
             # Report the layer costs of the float-linearized table, so that the predicted loss
             # means the same for every allocation.
             result = dataclasses.replace(result, status="relinearized", layers=repriced(result.layers, specs))
-    return with_measurement(result, table, refinement, rounds)
+    return with_measurement(result, table, refinement, steps)
 
 
 def _expand(patterns: Iterable[str], names: list[str]) -> list[str]:
@@ -275,7 +290,7 @@ def repriced(layers: Iterable[LayerChoice], specs: Iterable[LayerSpec]) -> tuple
 
 def with_measurement(allocation: Allocation, table: SensitivityTable,
                      refinement: Refinement | None = None,
-                     rounds: Sequence[RelinearizationRound] = ()) -> ModelAllocation:
+                     steps: Sequence[RelinearizationStep] | None = None) -> ModelAllocation:
     """Attach the sensitivity table's provenance (and the refinement's and relinearization's
     figures) to an allocation."""
     fields = {f.name: getattr(allocation, f.name) for f in dataclasses.fields(Allocation)}
@@ -287,8 +302,8 @@ def with_measurement(allocation: Allocation, table: SensitivityTable,
     }
     if refinement is not None:
         measurement["refine"] = refinement.to_dict()
-    if rounds:
-        measurement["relinearize"] = [r.to_dict() for r in rounds]
+    if steps is not None:  # relinearization ran (an empty list: nothing was predicted better)
+        measurement["relinearize"] = [s.to_dict() for s in steps]
     return ModelAllocation(**fields, measurement=measurement, sensitivity=table)
 
 

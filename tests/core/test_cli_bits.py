@@ -54,10 +54,12 @@ def test_missing_model_exits_2(capsys) -> None:
     assert "--example" in capsys.readouterr().err
 
 
-def test_relinearize_rounds_are_recorded(tmp_path) -> None:
+def test_relinearize_steps_are_recorded(tmp_path) -> None:
     out = tmp_path / "alloc.json"
-    loss_proxy = [a if a != "output_mse" else "loss" for a in FAST]
-    rc = main(["bits", *loss_proxy, "--no-cache", "--budget", "avg-bits=3", "--relinearize", "2", "--out", str(out)])
+    args = ["--example", "--quiet", "--max-samples", "32", "--weight-bits", "2,3,4,6,8", "--act-bits", "8",
+            "--proxy", "loss", "--no-cache", "--refine", "1", "--refine-z", "0"]
+    rc = main(["bits", *args, "--budget", "avg-bits=2.5", "--relinearize", "2", "--out", str(out)])
     assert rc == 0
-    rounds = json.loads(out.read_text())["measurement"]["relinearize"]
-    assert 1 <= len(rounds) <= 2 and {"changed_layers", "z_score", "accepted"} <= set(rounds[0])
+    steps = json.loads(out.read_text())["measurement"]["relinearize"]
+    # At this budget the ILP's answer has a neighbour predicted better: at least one step.
+    assert steps and {"round", "max_changes", "changed_layers", "z_score", "accepted"} <= set(steps[0])

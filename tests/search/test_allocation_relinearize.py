@@ -25,23 +25,36 @@ def _allocation(widths: tuple[int, ...]) -> Allocation:
 
 
 class _Script:
-    """Stands in for the model: each proposal comes from a list, each measurement too."""
+    """Stands in for the model: proposals and their measured losses come from lists.
 
-    def __init__(self, proposals: list[Allocation], per_sample: list[np.ndarray]) -> None:
-        self.proposals, self.per_sample = list(proposals), list(per_sample)
+    ``proposals`` are consumed one per solve; a proposal further from the current
+    allocation than the trust region allows is skipped for the next one.
+    """
+
+    def __init__(self, proposals: list[Allocation | None], losses: dict[tuple[int, ...], np.ndarray]) -> None:
+        self.proposals = list(proposals)
+        self.losses = losses
         self.contexts: list[dict[str, tuple[int, int]]] = []
+        self.limits: list[int | None] = []
 
     def table_around(self, cells):  # type: ignore[no-untyped-def]
         self.contexts.append(dict(cells))
         return cells
 
-    def solve(self, _table):  # type: ignore[no-untyped-def]
-        return self.proposals.pop(0)
+    def solve(self, _table, current, limit):  # type: ignore[no-untyped-def]
+        self.limits.append(limit)
+        while self.proposals:
+            proposal = self.proposals.pop(0)
+            if proposal is None:
+                return None
+            if limit is None or relin._changed(current, proposal) <= limit:
+                return proposal, -0.01
+        return None
 
     def measured(self, _prepared, alternatives, *_args, **_kwargs) -> MeasuredLosses:
-        rows = np.stack([self.per_sample.pop(0), self.per_sample.pop(0)])
-        assert len(alternatives) == 2
-        return MeasuredLosses([float(r.mean()) for r in rows], rows)
+        (alloc,) = alternatives
+        row = self.losses[tuple(c.w_bits for c in alloc.layers)]
+        return MeasuredLosses([float(row.mean())], row[None, :])
 
 
 def _run(monkeypatch, script: _Script, start: Allocation, rounds: int = 3, z: float = 2.0):  # type: ignore[no-untyped-def]
@@ -50,36 +63,50 @@ def _run(monkeypatch, script: _Script, start: Allocation, rounds: int = 3, z: fl
                              solve=script.solve, batches=[], loss_name="kl", z=z, show_progress=False)
 
 
-def test_a_significantly_better_proposal_is_taken_and_the_rounds_go_on(monkeypatch) -> None:
-    rng = np.random.default_rng(0)
-    base = rng.gamma(2.0, 0.1, 32)
-    better = base - 0.05 + rng.normal(0, 0.005, 32)
-    start, first, second = _allocation((8, 2, 2)), _allocation((2, 8, 2)), _allocation((2, 2, 8))
-    noisy = better + rng.normal(0, 0.05, 32)
-    noisy -= noisy.mean() - better.mean() + 0.002  # lower by chance, not significantly
-    script = _Script([first, second], [base, better, better, noisy])
-    result, rounds = _run(monkeypatch, script, start)
-    assert result is first
-    assert [r.accepted for r in rounds] == [True, False]
-    assert rounds[0].z_score < -2 < rounds[1].z_score and rounds[1].measured_after < rounds[1].measured_before
-    # Each round is linearized around the allocation it starts from.
-    assert script.contexts == [relin.allocation_cells(start), relin.allocation_cells(first)]
-    assert rounds[0].changed_layers == 2 and json.loads(json.dumps([r.to_dict() for r in rounds]))
-    # z=0 takes any lower measured loss.
-    script = _Script([first, second, _allocation((2, 2, 8))], [base, better, better, noisy])
-    result, rounds = _run(monkeypatch, script, start, z=0.0)
-    assert result is second and [r.accepted for r in rounds] == [True, True, False]
+RNG = np.random.default_rng(0)
+BASE = RNG.gamma(2.0, 0.1, 32)
+BETTER = BASE - 0.05 + RNG.normal(0, 0.005, 32)  # every sample lower: significant
+WORSE = BASE + 0.05 + RNG.normal(0, 0.005, 32)
+LUCKY = BASE + RNG.normal(0, 0.05, 32)
+LUCKY -= LUCKY.mean() - BASE.mean() + 0.002  # lower by chance, not significantly
 
 
-def test_rounds_stop_when_the_program_returns_the_allocation_itself(monkeypatch) -> None:
+def test_a_rejected_step_is_retried_in_half_the_trust_region(monkeypatch) -> None:
+    start = _allocation((8, 8, 8, 8))
+    far, near = _allocation((2, 2, 6, 6)), _allocation((6, 8, 8, 8))  # 4 layers moved, then 1
+    losses = {(8, 8, 8, 8): BASE, (2, 2, 6, 6): WORSE, (6, 8, 8, 8): BETTER}
+    script = _Script([far, _allocation((2, 2, 2, 8)), near, None], losses)
+    result, steps = _run(monkeypatch, script, start, rounds=2)
+    assert result is near and result.layers[0].w_bits == 6
+    # Round 0: the unlimited step (4 layers) fails; in half the region (2 layers) the
+    # 3-layer proposal is out of reach and the 1-layer one is kept; round 1 finds nothing
+    # predicted better.
+    assert [(s.round, s.max_changes, s.changed_layers, s.accepted) for s in steps] == [
+        (0, None, 4, False), (0, 2, 1, True)]
+    assert script.limits == [None, 2, None]
+    assert script.contexts == [relin.allocation_cells(start), relin.allocation_cells(near)]
+    assert steps[0].z_score > 2 and steps[1].z_score < -2
+    assert steps[1].measured_after < steps[1].measured_before
+    assert json.loads(json.dumps([s.to_dict() for s in steps]))[1]["accepted"] is True
+
+
+def test_the_gate_keeps_the_start_against_noise_and_z0_takes_any_gain(monkeypatch) -> None:
+    start, lucky = _allocation((8, 4, 2)), _allocation((4, 8, 2))
+    losses = {(8, 4, 2): BASE, (4, 8, 2): LUCKY}
+    result, steps = _run(monkeypatch, _Script([lucky, lucky], losses), start)
+    # Two layers moved, rejected; half of it (1 layer) has no proposal within it.
+    assert result is start and [s.accepted for s in steps] == [False]
+    result, steps = _run(monkeypatch, _Script([lucky, None], losses), start, z=0.0)
+    assert result is lucky and [s.accepted for s in steps] == [True]
+
+
+def test_rounds_stop_when_nothing_is_predicted_better(monkeypatch) -> None:
     start = _allocation((8, 4, 2))
-    script = _Script([_allocation((8, 4, 2))], [])
-    result, rounds = _run(monkeypatch, script, start)
-    assert result is start and len(rounds) == 1 and rounds[0].changed_layers == 0
-    assert not rounds[0].accepted and rounds[0].to_dict()["measured_after"] is None
-    assert _run(monkeypatch, _Script([], []), start, rounds=0) == (start, ())
+    result, steps = _run(monkeypatch, _Script([None], {}), start)
+    assert result is start and steps == ()
+    assert _run(monkeypatch, _Script([], {}), start, rounds=0) == (start, ())
     with pytest.raises(ValueError, match="rounds"):
-        _run(monkeypatch, _Script([], []), start, rounds=-1)
+        _run(monkeypatch, _Script([], {}), start, rounds=-1)
 
 
 def test_allocation_cells_leave_float_layers_out() -> None:
@@ -95,21 +122,22 @@ def prepared(one_thread):
 
 
 def test_allocate_bits_relinearizes_within_the_budget(prepared) -> None:
-    # Five widths and the z=0 gate: here the first round's proposal measures lower (as on
-    # the allocation benchmark), so the accepting path runs; both paths are checked.
+    # Five widths and the z=0 gate: here the first round's unlimited step measures lower
+    # and is kept, so the accepting path runs (the other path is checked as well).
     widths = (2, 3, 4, 6, 8)
     options = AllocationOptions(weight_bits=widths, act_bits=(8,), proxy="loss", max_samples=32,
                                 refine=1, refine_z=0.0, show_progress=False)
     plain = allocate_bits(prepared, budget="avg-bits=2.5", options=options)
     relinearized = allocate_bits(prepared, budget="avg-bits=2.5", options=options.replace(relinearize=2))
-    rounds = relinearized.measurement["relinearize"]
-    assert 1 <= len(rounds) <= 2 and "relinearize" not in plain.measurement
-    assert relinearized.avg_bits <= 2.5
-    first = rounds[0]
-    if first["accepted"]:
-        # The kept allocation measured lower than the ILP's; its costs are the float table's.
-        assert first["measured_after"] < first["measured_before"]
+    steps = relinearized.measurement["relinearize"]
+    assert "relinearize" not in plain.measurement and relinearized.avg_bits <= 2.5
+    for step in steps:
+        assert step["predicted_change"] < 0  # only predicted gains are measured
+        assert step["accepted"] == (step["measured_after"] < step["measured_before"])  # z = 0
+        assert step["max_changes"] is None or step["changed_layers"] <= step["max_changes"]
+    if any(step["accepted"] for step in steps):
         assert relinearized.status == "relinearized" and relinearized.bits != plain.bits
+        # Its layer costs are the float-linearized table's (monotone envelope applied).
         table = relinearized.sensitivity
         assert relinearized.predicted_loss == pytest.approx(sum(
             max(table.value(c.name, w, 8) for w in widths if w >= c.w_bits) for c in relinearized.layers))
@@ -122,3 +150,41 @@ def test_relinearize_needs_the_loss_proxy(prepared) -> None:
         allocate_bits(prepared, budget="avg-bits=4", proxy="output_mse", relinearize=1)
     with pytest.raises(UserInputError, match=">= 0"):
         allocate_bits(prepared, budget="avg-bits=4", relinearize=-1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ilp_near_is_the_best_allocation_within_the_trust_region(seed: int) -> None:
+    """Brute force over every allocation of a small instance: ``ilp_near`` returns the
+    least-loss one that meets the budget and moves at most ``max_changes`` layers, and
+    ``None`` exactly when none of those beats the start."""
+    import itertools
+    import math
+
+    from quantune.search.allocation import allocate_bits as allocate_from_specs
+    from quantune.search.allocation import ilp_near
+    from quantune.search.allocation_synthetic import synthetic_layers
+
+    layers = synthetic_layers(5, seed=seed, w_bits=(2, 4, 8), with_latency=False, noise=0.3)
+    budget = Budget(avg_bits=4.0)
+    start = allocate_from_specs(layers, budget, policy="greedy")
+    current = {c.name: (c.w_bits, c.a_bits) for c in start.layers}
+    params = sum(spec.params for spec in layers)
+    start_loss = math.fsum(spec.option(current[spec.name]).sensitivity for spec in layers)
+    for limit in (1, 2, None):
+        best = None
+        for combo in itertools.product(*(spec.options for spec in layers)):
+            moved = sum(o.key != current[spec.name] for spec, o in zip(layers, combo, strict=True))
+            bits = sum(spec.params * o.w_bits for spec, o in zip(layers, combo, strict=True))
+            if (limit is not None and moved > limit) or bits > 4.0 * params:
+                continue
+            loss = math.fsum(o.sensitivity for o in combo)
+            if best is None or loss < best:
+                best = loss
+        near = ilp_near(layers, budget, current, max_changes=limit)
+        if best is None or best >= start_loss - 1e-9 * max(1.0, abs(start_loss)):
+            assert near is None, (limit, best, start_loss)
+            continue
+        assert near is not None and near.predicted_loss == pytest.approx(best, rel=1e-9, abs=1e-12)
+        assert near.avg_bits <= 4.0
+        if limit is not None:
+            assert sum(c.w_bits != current[c.name][0] for c in near.layers) <= limit
