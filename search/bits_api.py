@@ -197,12 +197,7 @@ def allocate_bits(
             constraint and its smallest feasible value.
         UserInputError: Bad options, pins or names.
     """
-    options = (options or AllocationOptions()).replace(**kwargs)
-    if options.relinearize < 0:
-        raise UserInputError(f"relinearize must be >= 0 rounds, got {options.relinearize}")
-    if options.relinearize and options.proxy != "loss":
-        raise UserInputError(f"relinearize measures the loss around an allocation: it needs proxy='loss', "
-                             f"not {options.proxy!r}")
+    options = _checked(options or AllocationOptions(), kwargs)
     budget = as_budget(budget)
     if isinstance(model, PreparedModel):
         prepared = model
@@ -210,68 +205,102 @@ def allocate_bits(
         if calib_data is None:
             raise UserInputError("allocate_bits needs calibration data (an iterable of batches)")
         prepared = prepare(model, calib_data, show_progress=options.show_progress)
+    _check_not_float(prepared, pins, options)
+    return _ModelAllocator(prepared, options, budget, pins).run()
+
+
+def _checked(options: AllocationOptions, overrides: Mapping[str, Any]) -> AllocationOptions:
+    options = options.replace(**overrides)
+    if options.relinearize < 0:
+        raise UserInputError(f"relinearize must be >= 0 rounds, got {options.relinearize}")
+    if options.relinearize and options.proxy != "loss":
+        raise UserInputError(f"relinearize measures the loss around an allocation: it needs proxy='loss', "
+                             f"not {options.proxy!r}")
+    return options
+
+
+def _check_not_float(prepared: PreparedModel, pins: Mapping[str, PinValue] | None,
+                     options: AllocationOptions) -> None:
+    """Before measuring: a pinned or grouped layer that stays float is named with the reason,
+    not just reported as matching no layer."""
     kept_float = dict(prepared.unsupported)
     for name in list(pins or {}) + [n for g in options.groups for n in g]:
-        if name in kept_float:  # before measuring: say why, not just "matches no layer"
+        if name in kept_float:
             raise UserInputError(f"{name!r} is kept float ({kept_float[name]}); it has no bit width "
                                  "to pin or group: leave it out.")
 
-    def table_around(cells: Mapping[str, Cell] | None) -> SensitivityTable:
+
+class _ModelAllocator:
+    """One allocation of a prepared model: measure the table, solve, then (``ilp`` only)
+    compare the runners-up by measured loss and relinearize."""
+
+    def __init__(self, prepared: PreparedModel, options: AllocationOptions, budget: Budget,
+                 pins: Mapping[str, PinValue] | None) -> None:
+        self.prepared, self.options, self.budget = prepared, options, budget
+        self.restrictions: dict[str, Any] = dict(
+            pins=pins, bit_ranges=options.bit_ranges, groups=options.groups,
+            keep_float=options.keep_float, solver_time_limit_s=options.solver_time_limit_s)
+        self.keep_float = _expand(options.keep_float, prepared.layer_names)
+        self.latency: Mapping[str, Mapping[object, float]] | None = None
+
+    def table_around(self, cells: Mapping[str, Cell] | None) -> SensitivityTable:
+        """The sensitivity table linearized around float (``None``) or around an allocation."""
+        o = self.options
         return measure_sensitivity(
-            prepared, candidates=options.candidates, proxy=options.proxy, loss=options.loss,
-            base_config=options.base_config, max_samples=options.max_samples, seed=options.seed,
-            cache_path=options.cache_path, storage=options.storage,
-            hessian_probes=options.hessian_probes,
-            context_bits=options.context_bits if cells is None else None, context_cells=cells,
-            show_progress=options.show_progress)
+            self.prepared, candidates=o.candidates, proxy=o.proxy, loss=o.loss,
+            base_config=o.base_config, max_samples=o.max_samples, seed=o.seed,
+            cache_path=o.cache_path, storage=o.storage, hessian_probes=o.hessian_probes,
+            context_bits=o.context_bits if cells is None else None, context_cells=cells,
+            show_progress=o.show_progress)
 
-    table = table_around(None)
-    latency = None
-    if _needs_latency(options, budget):
-        latency = measure_latency(prepared, options.candidates.cells(), base_config=options.base_config,
-                                  batch_size=options.latency_batch_size, show_progress=options.show_progress)
-    keep_float = _expand(options.keep_float, prepared.layer_names)
+    def specs_of(self, table: SensitivityTable) -> list[LayerSpec]:
+        return table.layer_specs(layer_rows(self.prepared), latency=self.latency,
+                                 keep_float=self.keep_float, monotone=self.options.monotone)
 
-    def specs_of(t: SensitivityTable) -> list[LayerSpec]:
-        return t.layer_specs(layer_rows(prepared), latency=latency, keep_float=keep_float,
-                             monotone=options.monotone)
+    def run(self) -> ModelAllocation:
+        o = self.options
+        table = self.table_around(None)
+        if _needs_latency(o, self.budget):
+            self.latency = measure_latency(self.prepared, o.candidates.cells(), base_config=o.base_config,
+                                           batch_size=o.latency_batch_size, show_progress=o.show_progress)
+        specs = self.specs_of(table)
+        if o.policy != "ilp":
+            return with_measurement(allocate_from_specs(specs, self.budget, policy=o.policy,
+                                                        **self.restrictions), table)
+        alternatives = ilp_alternatives(specs, self.budget, count=max(o.refine, 1), **self.restrictions)
+        result, refinement = alternatives[0], None
+        if len(alternatives) == 1 and not o.relinearize:
+            return with_measurement(result, table)
+        # The samples and loss the sensitivities were measured on.
+        batches = list(self.prepared.calibration_data(o.max_samples, o.seed))
+        loss_name = resolved_loss(self.prepared, batches, o.loss)
+        if len(alternatives) > 1:  # with one (refine off, or the only allocation) nothing to compare
+            measured = measured_losses(self.prepared, alternatives, o.base_config, batches, loss_name,
+                                       o.show_progress)
+            result, refinement = choose_measured(alternatives, measured, loss_name, o.refine_z)
+        steps: tuple[RelinearizationStep, ...] | None = None
+        if o.relinearize:
+            result, steps = relinearize(
+                self.prepared, result, rounds=o.relinearize, table_around=self.table_around,
+                solve=self.solve_near, batches=batches, loss_name=loss_name, base_config=o.base_config,
+                z=o.refine_z, show_progress=o.show_progress)
+            if any(s.accepted for s in steps):
+                # Report the layer costs of the float-linearized table, so that the predicted
+                # loss means the same for every allocation.
+                result = dataclasses.replace(result, status="relinearized", layers=repriced(result.layers, specs))
+        return with_measurement(result, table, refinement, steps)
 
-    specs = specs_of(table)
-    restrictions = dict(pins=pins, bit_ranges=options.bit_ranges, groups=options.groups,
-                        keep_float=options.keep_float, solver_time_limit_s=options.solver_time_limit_s)
-    if options.policy != "ilp":
-        return with_measurement(allocate_from_specs(specs, budget, policy=options.policy, **restrictions), table)
-    alternatives = ilp_alternatives(specs, budget, count=max(options.refine, 1), **restrictions)
-    result, refinement = alternatives[0], None
-    if len(alternatives) == 1 and not options.relinearize:
-        return with_measurement(result, table)
-    # The samples and loss the sensitivities were measured on.
-    batches = list(prepared.calibration_data(options.max_samples, options.seed))
-    loss_name = resolved_loss(prepared, batches, options.loss)
-    if len(alternatives) > 1:  # with one (refine off, or the only allocation) nothing to compare
-        measured = measured_losses(prepared, alternatives, options.base_config, batches, loss_name,
-                                   options.show_progress)
-        result, refinement = choose_measured(alternatives, measured, loss_name, options.refine_z)
-    steps: tuple[RelinearizationStep, ...] | None = None
-    if options.relinearize:
-        def solve_near(t: SensitivityTable, current: Allocation, limit: int | None
-                       ) -> tuple[Allocation, float] | None:
-            around = specs_of(t)
-            proposal = ilp_near(around, budget, allocation_cells(current), max_changes=limit, **restrictions)
-            if proposal is None:
-                return None
-            now = math.fsum(c.sensitivity for c in repriced(current.layers, around))
-            return proposal, proposal.predicted_loss - now
-
-        result, steps = relinearize(
-            prepared, result, rounds=options.relinearize, table_around=table_around, solve=solve_near,
-            batches=batches, loss_name=loss_name, base_config=options.base_config, z=options.refine_z,
-            show_progress=options.show_progress)
-        if any(s.accepted for s in steps):
-            # Report the layer costs of the float-linearized table, so that the predicted loss
-            # means the same for every allocation.
-            result = dataclasses.replace(result, status="relinearized", layers=repriced(result.layers, specs))
-    return with_measurement(result, table, refinement, steps)
+    def solve_near(self, table: SensitivityTable, current: Allocation, limit: int | None
+                   ) -> tuple[Allocation, float] | None:
+        """The allocation of least loss predicted by ``table`` within ``limit`` changed layers
+        of ``current``, with its predicted change; ``None`` when nothing there is better."""
+        around = self.specs_of(table)
+        proposal = ilp_near(around, self.budget, allocation_cells(current), max_changes=limit,
+                            **self.restrictions)
+        if proposal is None:
+            return None
+        now = math.fsum(c.sensitivity for c in repriced(current.layers, around))
+        return proposal, proposal.predicted_loss - now
 
 
 def _expand(patterns: Iterable[str], names: list[str]) -> list[str]:
