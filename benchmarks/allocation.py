@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from quantune.config import (
@@ -37,6 +38,7 @@ from quantune.config import (
 from quantune.errors import QuantuneError
 from quantune.prepare import prepare
 from quantune.search.allocation import AllocationInfeasibleError, apply_allocation
+from quantune.search.allocation_refine import paired_z_scores
 from quantune.search.bits_api import AllocationOptions, allocate_bits
 from quantune.search.sensitivity_losses import LOSSES
 
@@ -84,6 +86,7 @@ def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tupl
     float_metric = entry.evaluate(entry.model)[metric_name]
     rows: list[dict[str, Any]] = []
     for budget in budgets:
+        samples: dict[str, np.ndarray] = {}  # policy -> primary metric per evaluation sample
         for policy in policies:
             row: dict[str, Any] = {"model": name, "policy": policy, "budget_avg_bits": budget,
                                    "metric_name": metric_name, "float_metric": float_metric, "proxy": proxy,
@@ -97,7 +100,8 @@ def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tupl
                 rows.append({**row, "error": str(exc)})
                 continue
             qmodel = prepared.quantize(apply_allocation(allocation, base), mode="simulate")
-            metrics = entry.evaluate(qmodel)
+            metrics, per_sample = entry.evaluate_per_sample(qmodel)
+            samples[policy] = per_sample.numpy()
             rows.append({**row, "avg_weight_bits": allocation.avg_bits, "size_bytes": qmodel.size_bytes(),
                          "weight_bytes": allocation.size_bytes, "metric": metrics[metric_name],
                          "metrics": metrics, "predicted_loss": allocation.predicted_loss,
@@ -106,8 +110,24 @@ def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tupl
                          "relinearization": allocation.measurement.get("relinearize")})
             print(f"{name:<19} {policy:<8} budget {budget:>4}  avg {allocation.avg_bits:5.2f}  "
                   f"{metric_name} {metrics[metric_name]:.4f}", flush=True)
+        ilp_row = next((r for r in rows[::-1] if r["policy"] == "ilp" and r["budget_avg_bits"] == budget
+                        and "metric" in r), None)
+        if ilp_row is not None:
+            ilp_row["paired_z"] = paired_z_against(samples)
     print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
     return rows
+
+
+def paired_z_against(samples: dict[str, np.ndarray]) -> dict[str, float]:
+    """Paired z-score of ``ilp``'s per-sample metric minus each other policy's on the same
+    evaluation samples (positive: ilp scores higher; |z| < 2 is within the evaluation set's
+    noise). Infinite values (a difference without spread) are written as +-1e9."""
+    others = [p for p in samples if p != "ilp"]
+    if "ilp" not in samples or not others:
+        return {}
+    # Row 0 is each baseline, row 1 ilp: z of (ilp - baseline).
+    z = {p: float(paired_z_scores(np.stack([samples[p], samples["ilp"]]))[1]) for p in others}
+    return {p: max(min(v, 1e9), -1e9) for p, v in z.items()}
 
 
 def _procedure_label(base: QuantConfig | None) -> str:
@@ -121,17 +141,20 @@ def check_targets(rows: list[dict[str, Any]]) -> list[str]:
     """Human-readable verdicts for the issue's targets."""
     lines = []
     by_key = {(r["model"], r["policy"], r["budget_avg_bits"]): r.get("metric") for r in rows}
+    z_of = {(r["model"], r["budget_avg_bits"]): r.get("paired_z") or {} for r in rows if r["policy"] == "ilp"}
     for model in sorted({r["model"] for r in rows}):
         worse, not_strict = [], []
         for budget in sorted({r["budget_avg_bits"] for r in rows if r["model"] == model}):
             ilp = by_key.get((model, "ilp", budget))
-            others = [by_key.get((model, p, budget)) for p in ("uniform", "greedy")]
-            others = [m for m in others if m is not None]
+            others = {p: by_key.get((model, p, budget)) for p in ("uniform", "greedy")}
+            others = {p: m for p, m in others.items() if m is not None}
             if ilp is None or not others:
                 continue
-            if ilp < max(others):
-                worse.append(budget)
-            elif budget <= 4 and ilp <= max(others):
+            best = max(others, key=lambda p: others[p])
+            if ilp < others[best]:
+                z = z_of.get((model, budget), {}).get(best)
+                worse.append(budget if z is None else f"{budget} (paired z vs {best} {z:+.1f})")
+            elif budget <= 4 and ilp <= others[best]:
                 not_strict.append(budget)
         verdict = "MET" if not worse and not not_strict else "NOT MET"
         lines.append(f"{model}: ilp >= uniform, greedy at every budget, strictly at <= 4 bits: {verdict}"

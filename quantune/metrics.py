@@ -8,7 +8,9 @@ float model said?", so most metrics here compare two sets of outputs on the same
   (does retrieval over the quantized embeddings find the same neighbours?).
 
 With labels, :func:`top1_accuracy` is the plain accuracy. Every function takes tensors
-whose first dimension is the sample and returns a Python float.
+whose first dimension is the sample and returns a Python float; the per-sample forms
+(:func:`topk_hits`, :func:`cosine_similarities`, :func:`top1_correct`) return the ``[N]``
+values those means are taken over, for paired comparisons of two models on the same inputs.
 """
 
 from __future__ import annotations
@@ -42,12 +44,18 @@ def topk_agreement(reference: torch.Tensor, candidate: torch.Tensor, k: int = 1)
         candidate: quantized model logits, ``[N, C]``.
         k: how many of the candidate's best classes count.
     """
+    return float(topk_hits(reference, candidate, k).float().mean())
+
+
+def topk_hits(reference: torch.Tensor, candidate: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """Per sample (``[N]`` bool): the reference top-1 class is in the candidate's top ``k``
+    (:func:`topk_agreement` is its mean)."""
     _check_pair(reference, candidate, "topk_agreement")
     if not 1 <= k <= reference.shape[1]:
         raise UserInputError(f"k must be in [1, {reference.shape[1]}], got {k}.")
     ref_top1 = reference.argmax(dim=1, keepdim=True)
     cand_topk = candidate.topk(k, dim=1).indices
-    return float((cand_topk == ref_top1).any(dim=1).float().mean())
+    return (cand_topk == ref_top1).any(dim=1)
 
 
 def mean_kl_divergence(reference: torch.Tensor, candidate: torch.Tensor) -> float:
@@ -65,10 +73,15 @@ def mean_kl_divergence(reference: torch.Tensor, candidate: torch.Tensor) -> floa
 
 def mean_cosine_similarity(reference: torch.Tensor, candidate: torch.Tensor) -> float:
     """Mean cosine similarity between matching rows of two embedding matrices."""
+    return float(cosine_similarities(reference, candidate).mean())
+
+
+def cosine_similarities(reference: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+    """Per sample (``[N]`` float64): cosine similarity of matching rows."""
     _check_pair(reference, candidate, "mean_cosine_similarity")
     cos = F.cosine_similarity(reference.double(), candidate.double(), dim=1, eps=1e-12)
     # Identical rows may give 1 + 1 ulp; clamp so "FP32 vs itself" reads exactly 1.0.
-    return float(cos.clamp(-1.0, 1.0).mean())
+    return cos.clamp(-1.0, 1.0)
 
 
 def nearest_neighbours(embeddings: torch.Tensor, k: int) -> torch.Tensor:
@@ -102,8 +115,13 @@ def neighbour_overlap(reference: torch.Tensor, candidate: torch.Tensor, k: int =
 
 def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of samples whose argmax class equals the label."""
+    return float(top1_correct(logits, labels).float().mean())
+
+
+def top1_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per sample (``[N]`` bool): the argmax class equals the label."""
     if logits.dim() != 2 or labels.dim() != 1 or logits.shape[0] != labels.shape[0] or labels.numel() == 0:
         raise UserInputError(
             f"top1_accuracy needs logits [N, C] and labels [N]; got {list(logits.shape)} and {list(labels.shape)}."
         )
-    return float((logits.argmax(dim=1) == labels.to(logits.device)).float().mean())
+    return logits.argmax(dim=1) == labels.to(logits.device)

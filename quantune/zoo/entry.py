@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from quantune.zoo.evaluators import Evaluator
@@ -81,3 +82,7 @@ class ZooEntry:
     def evaluate(self, model: Any) -> dict[str, float]:
         """Metrics of ``model`` (a quantized copy, an ONNX session wrapper, ...)."""
         return self.evaluator(model)
+
+    def evaluate_per_sample(self, model: Any) -> tuple[dict[str, float], torch.Tensor]:
+        """Metrics of ``model`` and its primary metric per evaluation sample (``[N]``)."""
+        return self.evaluator.evaluate(model)

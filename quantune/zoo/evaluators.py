@@ -63,8 +63,22 @@ class Evaluator(ABC):
     def score(self, outputs: torch.Tensor) -> dict[str, float]:
         """Metrics from outputs over the evaluation batches (in batch order)."""
 
+    def outputs_of(self, model: Callable[..., Any]) -> torch.Tensor:
+        """The outputs to score ``model`` by (subclasses may reuse cached ones)."""
+        return self.outputs(model)
+
     def __call__(self, model: Callable[..., Any]) -> dict[str, float]:
-        return self.score(self.outputs(model))
+        return self.score(self.outputs_of(model))
+
+    def per_sample(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The primary metric per evaluation sample (``[N]`` float64, its mean is the
+        metric), for paired comparisons of two models on the same inputs."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-sample form of {self.primary_metric!r}")
+
+    def evaluate(self, model: Callable[..., Any]) -> tuple[dict[str, float], torch.Tensor]:
+        """``(metrics, per-sample primary metric)`` from one pass over the batches."""
+        outputs = self.outputs_of(model)
+        return self.score(outputs), self.per_sample(outputs).double()
 
 
 class FidelityEvaluator(Evaluator):
@@ -75,12 +89,12 @@ class FidelityEvaluator(Evaluator):
         self._reference_model = reference_model
         self._reference: torch.Tensor | None = None
 
-    def __call__(self, model: Callable[..., Any]) -> dict[str, float]:
+    def outputs_of(self, model: Callable[..., Any]) -> torch.Tensor:
         # The reference model scored against itself: reuse its cached outputs rather
         # than running it twice (CPU inference is deterministic for equal inputs).
         if model is self._reference_model:
-            return self.score(self.reference)
-        return super().__call__(model)
+            return self.reference
+        return self.outputs(model)
 
     @property
     def reference(self) -> torch.Tensor:
@@ -104,6 +118,9 @@ class ClassifierFidelity(FidelityEvaluator):
             "mean_kl": metrics.mean_kl_divergence(ref, outputs),
         }
 
+    def per_sample(self, outputs: torch.Tensor) -> torch.Tensor:
+        return metrics.topk_hits(self.reference, outputs, 1).double()
+
 
 class EmbeddingFidelity(FidelityEvaluator):
     """Mean cosine with the float embeddings and top-k retrieval neighbour overlap."""
@@ -121,6 +138,9 @@ class EmbeddingFidelity(FidelityEvaluator):
             "mean_cosine": metrics.mean_cosine_similarity(ref, outputs),
             f"top{self.k}_overlap": metrics.neighbour_overlap(ref, outputs, self.k),
         }
+
+    def per_sample(self, outputs: torch.Tensor) -> torch.Tensor:
+        return metrics.cosine_similarities(self.reference, outputs)
 
 
 class LabelledAccuracy(FidelityEvaluator):
@@ -141,3 +161,6 @@ class LabelledAccuracy(FidelityEvaluator):
             "top1_accuracy": metrics.top1_accuracy(outputs, self.labels),
             "top1_agreement": metrics.topk_agreement(self.reference, outputs, 1),
         }
+
+    def per_sample(self, outputs: torch.Tensor) -> torch.Tensor:
+        return metrics.top1_correct(outputs, self.labels).double()

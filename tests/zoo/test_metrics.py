@@ -70,3 +70,13 @@ def test_metric_errors_are_clear() -> None:
         metrics.neighbour_overlap(torch.zeros(3, 2), torch.zeros(3, 2), k=3)
     with pytest.raises(UserInputError, match="labels"):
         metrics.top1_accuracy(torch.zeros(2, 3), torch.zeros(3))
+
+
+def test_per_sample_forms_hand_made() -> None:
+    ref = torch.tensor([[3.0, 2.0, 1.0], [0.0, 5.0, 1.0], [1.0, 0.0, 2.0]])
+    cand = torch.tensor([[3.0, 2.0, 1.0], [0.0, 1.0, 5.0], [2.0, 1.0, 0.0]])
+    assert metrics.topk_hits(ref, cand, 1).tolist() == [True, False, False]
+    assert metrics.topk_hits(ref, cand, 2).tolist() == [True, True, False]
+    assert metrics.top1_correct(cand, torch.tensor([0, 2, 1])).tolist() == [True, True, False]
+    cos = metrics.cosine_similarities(torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[2.0, 0.0], [0.0, -1.0]]))
+    assert cos.tolist() == pytest.approx([1.0, -1.0])

@@ -85,3 +85,23 @@ def test_fidelity_sees_a_perturbed_model() -> None:
         other[2].weight.add_(torch.randn_like(other[2].weight))
     scores = ClassifierFidelity(batches, model)(other)
     assert scores["mean_kl"] > 0.0 and scores["top1_agreement"] < 1.0
+
+
+def test_per_sample_primary_metric_averages_to_the_metric() -> None:
+    import copy
+
+    model, batches = _tiny_batches()
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other[2].weight.add_(torch.randn_like(other[2].weight))
+    labelled = [(x, torch.randint(0, 8, (x.shape[0],))) for x in batches]
+    for evaluator in (ClassifierFidelity(batches, model), EmbeddingFidelity(batches, model, k=3),
+                      LabelledAccuracy(labelled, model)):
+        scores, per_sample = evaluator.evaluate(other)
+        assert per_sample.shape == (15,) and per_sample.dtype == torch.float64
+        assert float(per_sample.mean()) == pytest.approx(scores[evaluator.primary_metric], abs=1e-6)
+        assert scores == evaluator(other)
+        # The reference scored against itself reuses its cached outputs: perfect fidelity.
+        _, own = evaluator.evaluate(model)
+        if not isinstance(evaluator, LabelledAccuracy):
+            assert float(own.min()) == pytest.approx(1.0, abs=1e-12)
