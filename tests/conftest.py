@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 # The fused (torch.compile) activation quantizer costs a one-time compile of tens of
 # seconds per process; the suite runs the bit-identical eager path except where a test
@@ -25,6 +30,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def benchmark_module() -> Callable[[str], ModuleType]:
+    """Loads ``benchmarks/<name>.py`` as a module (benchmarks/ is not a package)."""
+
+    def load(name: str) -> ModuleType:
+        key = f"quantune_bench_{name}"
+        if key not in sys.modules:
+            spec = importlib.util.spec_from_file_location(key, BENCHMARKS / f"{name}.py")
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[key] = module  # dataclasses resolve the module by name
+            spec.loader.exec_module(module)
+        return sys.modules[key]
+
+    return load
 
 
 @pytest.fixture(scope="session")

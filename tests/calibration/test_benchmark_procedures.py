@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "calibration.py"
 
-
-def _bench() -> ModuleType:
-    name = "quantune_bench_calibration"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, BENCH)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+@pytest.fixture(scope="module")
+def bench(benchmark_module: Callable[[str], ModuleType]) -> ModuleType:
+    return benchmark_module("calibration")
 
 
 OPTIONS = {"adaround_iters": 77, "adaquant_iters": 55, "adaquant_time_budget_s": None,
@@ -29,8 +19,8 @@ OPTIONS = {"adaround_iters": 77, "adaquant_iters": 55, "adaquant_time_budget_s":
 
 
 @pytest.mark.parametrize("key", ["adaround", "brecq", "adaquant+biascorr", "gptq+brecq", "adaround@own"])
-def test_layerwise_rows_receive_the_runs_options(key):
-    proc = _bench().procedure(key, OPTIONS)
+def test_layerwise_rows_receive_the_runs_options(bench, key):
+    proc = bench.procedure(key, OPTIONS)
     assert (proc.adaround_iters, proc.adaquant_iters, proc.seed, proc.layerwise_holdout) == (77, 55, 3, 0.0)
     assert (proc.synthetic_samples, proc.augmented_samples) == (9, 21)
     assert proc.layerwise_float_target is (not key.endswith("@own"))
@@ -40,18 +30,18 @@ def test_layerwise_rows_receive_the_runs_options(key):
 
 
 @pytest.mark.parametrize("key", ["base", "gptq+biascorr"])
-def test_other_rows_keep_the_defaults(key):
-    proc = _bench().procedure(key, OPTIONS)
+def test_other_rows_keep_the_defaults(bench, key):
+    proc = bench.procedure(key, OPTIONS)
     assert proc.seed == 0 and proc.adaround_iters != 77
 
 
-def test_smoothing_rows_smooth_every_layer_including_the_8bit_edges():
+def test_smoothing_rows_smooth_every_layer_including_the_8bit_edges(bench):
     from types import SimpleNamespace
 
     from quantune.config import CalibrationProcedure
 
     prepared = SimpleNamespace(layer_names=["first", "mid", "last"])
-    cfg = _bench().make_config(prepared, 4, 4, "mse", None, CalibrationProcedure(), smoothing=0.8)
+    cfg = bench.make_config(prepared, 4, 4, "mse", None, CalibrationProcedure(), smoothing=0.8)
     assert [cfg.for_layer(n).activation.smoothing for n in ("first", "mid", "last")] == [0.8] * 3
     assert cfg.for_layer("first").weight.bits == 8 and cfg.for_layer("mid").weight.bits == 4
-    assert _bench().make_config(prepared, 8, 8, "mse", None, CalibrationProcedure()).default.activation.smoothing is None
+    assert bench.make_config(prepared, 8, 8, "mse", None, CalibrationProcedure()).default.activation.smoothing is None

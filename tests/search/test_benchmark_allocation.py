@@ -2,41 +2,31 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "allocation.py"
+
+@pytest.fixture(scope="module")
+def bench(benchmark_module: Callable[[str], ModuleType]) -> ModuleType:
+    return benchmark_module("allocation")
 
 
-def _bench() -> ModuleType:
-    name = "quantune_bench_allocation"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, BENCH)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-def test_paired_z_sign_and_size() -> None:
+def test_paired_z_sign_and_size(bench: ModuleType) -> None:
     rng = np.random.default_rng(0)
     base = rng.normal(0.9, 0.05, 400)
-    z = _bench().paired_z_against({
+    z = bench.paired_z_against({
         "greedy": base, "uniform": base - 0.2, "ilp": base + rng.normal(0.0, 1e-3, 400) - 1e-3})
     assert z["uniform"] > 100  # ilp far above uniform on every sample
     assert -25 < z["greedy"] < -15  # 0.001 below greedy, spread 0.001, 400 samples: z ~ -20
-    same = _bench().paired_z_against({"greedy": base, "ilp": base.copy()})
+    same = bench.paired_z_against({"greedy": base, "ilp": base.copy()})
     assert same == {"greedy": 0.0}
-    assert _bench().paired_z_against({"greedy": base}) == {}
+    assert bench.paired_z_against({"greedy": base}) == {}
 
 
-def test_verdict_names_the_z_of_a_shortfall() -> None:
+def test_verdict_names_the_z_of_a_shortfall(bench: ModuleType) -> None:
     rows = [
         {"model": "m", "policy": "uniform", "budget_avg_bits": 4.0, "metric": 0.5},
         {"model": "m", "policy": "greedy", "budget_avg_bits": 4.0, "metric": 0.9},
@@ -45,15 +35,15 @@ def test_verdict_names_the_z_of_a_shortfall() -> None:
         {"model": "m", "policy": "ilp", "budget_avg_bits": 6.0, "metric": 0.99210,
          "paired_z": {"greedy": -0.4}},
     ]
-    (verdict,) = _bench().check_targets(rows)
+    (verdict,) = bench.check_targets(rows)
     assert "NOT MET" in verdict and "6.0 (paired z vs greedy -0.4)" in verdict
     rows[-1]["metric"] = 0.9922
-    assert _bench().check_targets(rows) == ["m: ilp >= uniform, greedy at every budget, strictly at <= 4 bits: MET"]
+    assert bench.check_targets(rows) == ["m: ilp >= uniform, greedy at every budget, strictly at <= 4 bits: MET"]
 
 
 @pytest.mark.parametrize("value", [np.inf, -np.inf])
-def test_paired_z_of_a_spreadless_difference_is_finite_in_json(value: float) -> None:
+def test_paired_z_of_a_spreadless_difference_is_finite_in_json(bench: ModuleType, value: float) -> None:
     base = np.linspace(0.0, 1.0, 10)
     shift = 0.1 if value > 0 else -0.1
-    z = _bench().paired_z_against({"greedy": base, "ilp": base + shift})
+    z = bench.paired_z_against({"greedy": base, "ilp": base + shift})
     assert z["greedy"] == pytest.approx(1e9 if value > 0 else -1e9)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import numpy as np
@@ -17,24 +15,15 @@ from quantune.search.space import SearchSpace, categorical, ordinal
 from quantune.search.xgboost_sampler import BITS_NAME, XGBoostSampler
 from quantune.tune_space import ptq_space
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
-
-def _search_live() -> ModuleType:
-    """benchmarks/search_live.py as a module (benchmarks/ is not a package)."""
-    name = "quantune_bench_search_live"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, BENCH / "search_live.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses resolve the module by name
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+@pytest.fixture(scope="module")
+def live(benchmark_module: Callable[[str], ModuleType]) -> ModuleType:
+    """benchmarks/search_live.py."""
+    return benchmark_module("search_live")
 
 
 @pytest.mark.parametrize("name", ["example", "efficientnet-lite0"])
-def test_cache_is_exhaustive_and_timed(name: str) -> None:
-    live = _search_live()
+def test_cache_is_exhaustive_and_timed(live: ModuleType, name: str) -> None:
     path = live.LANDSCAPES_DIR / f"{name}.json"
     doc = json.loads(path.read_text())
     space = ptq_space({k: tuple(v) for k, v in doc["dimensions"].items()})
@@ -44,8 +33,7 @@ def test_cache_is_exhaustive_and_timed(name: str) -> None:
     assert land.space.size == space.size and land.best == max(p["metric"] for p in doc["points"])
 
 
-def test_replay_charges_the_evaluation_time_of_visited_points() -> None:
-    live = _search_live()
+def test_replay_charges_the_evaluation_time_of_visited_points(live: ModuleType) -> None:
     land = live.load_live(live.LANDSCAPES_DIR / "example.json")
     land.reset()
     run = replay(land, "random", seed=0, budget=7, max_drop=100.0)  # met at once
@@ -57,8 +45,7 @@ def test_replay_charges_the_evaluation_time_of_visited_points() -> None:
     assert land.spent[0] <= sum(land.eval_s.values()) + 1e-9
 
 
-def test_run_live_rows_and_resolution() -> None:
-    live = _search_live()
+def test_run_live_rows_and_resolution(live: ModuleType) -> None:
     land = live.load_live(live.LANDSCAPES_DIR / "efficientnet-lite0.json")
     step = live.resolution(land)
     assert step == pytest.approx(100 / 48, abs=2e-3)  # one of the 48 evaluation images

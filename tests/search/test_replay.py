@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -38,16 +37,8 @@ def test_replay_counts_evaluations_until_the_target() -> None:
     assert 1 <= stats["evals_to_target_median"] <= 5 and stats["reached"] == 4
 
 
-def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("bench_search", REPO / "benchmarks" / "search.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_benchmark_loads_the_brevitas_landscapes() -> None:
-    bench = _benchmark_module()
+def test_benchmark_loads_the_brevitas_landscapes(benchmark_module) -> None:
+    bench = benchmark_module("search")
     path = bench.shared_data_dir() / "brevitas_ptq" / "RESULTS_TORCHVISION.csv"
     if not path.is_file():
         pytest.skip(f"shared data not found at {path}")
