@@ -87,6 +87,7 @@ def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tupl
     rows: list[dict[str, Any]] = []
     for budget in budgets:
         samples: dict[str, np.ndarray] = {}  # policy -> primary metric per evaluation sample
+        ilp_row: dict[str, Any] | None = None
         for policy in policies:
             row: dict[str, Any] = {"model": name, "policy": policy, "budget_avg_bits": budget,
                                    "metric_name": metric_name, "float_metric": float_metric, "proxy": proxy,
@@ -108,10 +109,10 @@ def run_model(name: str, entry: Any, proxy: str, max_samples: int, budgets: tupl
                          "bits": allocation.weight_bits,
                          "refinement": allocation.measurement.get("refine"),
                          "relinearization": allocation.measurement.get("relinearize")})
+            if policy == "ilp":
+                ilp_row = rows[-1]
             print(f"{name:<19} {policy:<8} budget {budget:>4}  avg {allocation.avg_bits:5.2f}  "
                   f"{metric_name} {metrics[metric_name]:.4f}", flush=True)
-        ilp_row = next((r for r in rows[::-1] if r["policy"] == "ilp" and r["budget_avg_bits"] == budget
-                        and "metric" in r), None)
         if ilp_row is not None:
             ilp_row["paired_z"] = paired_z_against(samples)
     print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)

@@ -71,12 +71,12 @@ class Evaluator(ABC):
         return self.score(self.outputs_of(model))
 
     def per_sample(self, outputs: torch.Tensor) -> torch.Tensor:
-        """The primary metric per evaluation sample (``[N]`` float64, its mean is the
-        metric), for paired comparisons of two models on the same inputs."""
+        """The primary metric per evaluation sample (``[N]``, its mean is the metric), for
+        paired comparisons of two models on the same inputs."""
         raise NotImplementedError(f"{type(self).__name__} has no per-sample form of {self.primary_metric!r}")
 
     def evaluate(self, model: Callable[..., Any]) -> tuple[dict[str, float], torch.Tensor]:
-        """``(metrics, per-sample primary metric)`` from one pass over the batches."""
+        """``(metrics, per-sample primary metric as float64)`` from one pass over the batches."""
         outputs = self.outputs_of(model)
         return self.score(outputs), self.per_sample(outputs).double()
 
@@ -119,7 +119,7 @@ class ClassifierFidelity(FidelityEvaluator):
         }
 
     def per_sample(self, outputs: torch.Tensor) -> torch.Tensor:
-        return metrics.topk_hits(self.reference, outputs, 1).double()
+        return metrics.topk_hits(self.reference, outputs, 1)
 
 
 class EmbeddingFidelity(FidelityEvaluator):
@@ -163,4 +163,4 @@ class LabelledAccuracy(FidelityEvaluator):
         }
 
     def per_sample(self, outputs: torch.Tensor) -> torch.Tensor:
-        return metrics.top1_correct(outputs, self.labels).double()
+        return metrics.top1_correct(outputs, self.labels)
